@@ -1,0 +1,215 @@
+//! `lossbench`: train identical CIFAR ResNets under different classification losses and
+//! compare them honestly. Run `lossbench --help` for the commands.
+
+mod probe;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lossbench_data::{Kind, fetch, synth};
+use lossbench_experiment::RunStatus;
+use lossbench_runner::{BackendChoice, Progress, RunOptions, run_experiment};
+
+/// Does this loss really beat softmax? Reproduce loss-comparison tables on CIFAR.
+#[derive(Debug, Parser)]
+#[command(name = "lossbench", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the registered losses with their formulas, parameters and defaults.
+    Losses,
+    /// Evaluate one loss on given numbers and print loss, logits and gradients as JSON.
+    Probe {
+        /// JSON input file (`-` for standard input); see the README for the format.
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Download, generate or check data sets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Train every (loss, seed) of an experiment.
+    Run {
+        /// Experiment file (experiments/*.toml).
+        experiment: PathBuf,
+        /// Only this loss (repeatable).
+        #[arg(long = "loss", value_name = "NAME")]
+        losses: Vec<String>,
+        /// Only this seed (repeatable).
+        #[arg(long = "seed", value_name = "N")]
+        seeds: Vec<u64>,
+        /// auto picks a real GPU through wgpu when there is one, else flex.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "wgpu", "flex", "ndarray"])]
+        backend: String,
+        /// Override the number of epochs of every loss.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Override the data folder of the experiment.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Root folder of the results.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Continue interrupted runs from their last checkpoint and skip finished ones.
+        #[arg(long)]
+        resume: bool,
+        /// Download the data set first if it is missing (official CIFAR only).
+        #[arg(long)]
+        fetch: bool,
+    },
+    /// Measure loss heads, training steps and the data path; print a Markdown table.
+    Bench {
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench/results.json")]
+        out: PathBuf,
+        /// Backends for the training-step benchmark, comma-separated (wgpu on lavapipe and
+        /// ndarray take many minutes per ResNet-50 step on a CPU).
+        #[arg(long, value_delimiter = ',', default_value = "flex")]
+        backends: Vec<String>,
+        /// Fewer shapes and repeats: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Python with torch: also run bench/pytorch/bench.py and report the ratios.
+        #[arg(long)]
+        pytorch: Option<PathBuf>,
+    },
+    /// Build the HTML report of an experiment from the results on disk.
+    Report {
+        /// An experiment file, or a results folder `results/<experiment>`.
+        source: PathBuf,
+        /// Output folder (default: reports/<experiment>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Root folder of the results, used when SOURCE is an experiment file.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Download the official binary archive, verify its MD5 and extract it.
+    Fetch {
+        #[arg(value_parser = ["cifar10", "cifar100"])]
+        set: String,
+        /// Folder for the archive and the extracted files.
+        #[arg(long, default_value = "data")]
+        dir: PathBuf,
+    },
+    /// Write a synthetic data set in the CIFAR-100 binary format.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        #[arg(long, default_value_t = 500)]
+        train_per_class: usize,
+        #[arg(long, default_value_t = 100)]
+        test_per_class: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Read a data set, check it and print counts per split and the class balance.
+    Verify {
+        /// Folder holding the .bin files.
+        dir: PathBuf,
+        #[arg(long, default_value = "cifar100", value_parser = ["cifar10", "cifar100"])]
+        set: String,
+    },
+}
+
+fn kind(name: &str) -> Kind {
+    if name == "cifar10" { Kind::Cifar10 } else { Kind::Cifar100 }
+}
+
+fn losses() {
+    for spec in lossbench_registry::LOSSES {
+        println!("{}", spec.name);
+        println!("  {}", spec.formula);
+        if spec.params.is_empty() {
+            println!("  (no parameters)");
+        }
+        for p in spec.params {
+            println!("  {:<13} default {:<8} {} ({})", p.name, p.default, p.help, p.allowed);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Losses => losses(),
+        Command::Probe { input } => return Ok(probe::run(&input)),
+        Command::Data { command } => match command {
+            DataCommand::Fetch { set, dir } => {
+                let kind = kind(&set);
+                let outcome = fetch::fetch(&dir, kind, &fetch::Source::official(kind), true)?;
+                match outcome {
+                    fetch::Outcome::AlreadyPresent(p) => println!("{} is already present and verified", p.display()),
+                    fetch::Outcome::ExtractedLocalArchive(p) => println!("extracted the local archive into {}", p.display()),
+                    fetch::Outcome::Downloaded(p) => println!("downloaded, verified and extracted into {}", p.display()),
+                }
+            }
+            DataCommand::Synth { out, classes, train_per_class, test_per_class, seed } => {
+                let m = synth::write(&out, synth::SynthConfig { classes, train_per_class, test_per_class, seed })?;
+                println!(
+                    "wrote a synthetic CIFAR-100-format set to {}: {} classes, {} train and {} test images",
+                    out.display(),
+                    m.classes,
+                    m.classes * m.train_per_class,
+                    m.classes * m.test_per_class
+                );
+            }
+            DataCommand::Verify { dir, set } => {
+                let summary = lossbench_data::verify(&dir, kind(&set))?;
+                print!("{summary}");
+            }
+        },
+        Command::Run { experiment, losses, seeds, backend, epochs, data_dir, results, resume, fetch } => {
+            let options = RunOptions { losses, seeds, backend: backend.parse::<BackendChoice>()?, epochs, data_dir, results, resume, fetch };
+            let mut progress = Progress::auto();
+            let reports = run_experiment(&experiment, &options, &mut progress)?;
+            println!("{:<12} {:>6}  {:<10} detail", "loss", "seed", "status");
+            for r in &reports {
+                println!("{:<12} {:>6}  {:<10} {}", r.loss, r.seed, format!("{:?}", r.status).to_lowercase(), r.detail);
+            }
+            if reports.iter().any(|r| r.status == RunStatus::Failed) {
+                eprintln!("error: some runs failed (see above); finished runs are kept, rerun with --resume");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Bench { out, backends, quick, pytorch } => {
+            let backends = backends.iter().map(|b| b.parse::<BackendChoice>()).collect::<Result<Vec<_>>>()?;
+            let report = lossbench_bench::run(&lossbench_bench::Options { backends, quick, pytorch }, &|line| eprintln!("{line}"))?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            lossbench_experiment::atomic_write(&out, &serde_json::to_vec_pretty(&report)?)?;
+            print!("{}", lossbench_bench::markdown(&report));
+            println!("\n(results written to {})", out.display());
+        }
+        Command::Report { source, out, results } => {
+            let built = lossbench_report::build_from(&source, &results, out.as_deref())
+                .with_context(|| format!("cannot build the report of {}", source.display()))?;
+            println!("{built}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Crash safety with a real process: SIGKILL in the middle of an epoch, then `--resume`.
+//! Slow (a few training runs): `just test-slow`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lossbench_experiment::{EpochRecord, RunDir, RunManifest, RunStatus, read_metrics};
+
+fn experiment(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"name = "crash"
+seeds = [0]
+
+[data]
+set = "cifar100"
+dir = "{}"
+synthetic = {{ classes = 5, train_per_class = 60, test_per_class = 10, seed = 2 }}
+
+[model]
+arch = "resnet18"
+width = 0.0625
+
+[training]
+epochs = 5
+batch_size = 20
+lr = 0.05
+warmup_epochs = 1
+schedule = {{ kind = "cosine" }}
+
+[[losses]]
+name = "cosface"
+params = {{ s = 8.0, m = 0.2 }}
+"#,
+        dir.join("data").display()
+    );
+    let path = dir.join("crash.toml");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn run(exp: &Path, results: &Path, resume: bool) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lossbench"));
+    cmd.args(["run", exp.to_str().expect("utf-8"), "--backend", "flex", "--results", results.to_str().expect("utf-8")]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn")
+}
+
+fn rows(results: &Path) -> Vec<EpochRecord> {
+    read_metrics(&RunDir::new(&results.join("crash"), "cosface", 0))
+        .expect("metrics must always be readable")
+        .into_iter()
+        .map(|mut r| {
+            r.epoch_seconds = 0.0;
+            r.images_per_second = 0.0;
+            r
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: trains three small runs in child processes"]
+fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path());
+    let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
+    assert!(run(&exp, &full, false).wait().expect("wait").success());
+    let reference = rows(&full);
+    assert_eq!(reference.len(), 5);
+
+    let mut child = run(&exp, &cut, false);
+    let started = Instant::now();
+    // Kill while epoch 3 is being trained: 2 epochs are on disk, the third is not.
+    loop {
+        let done = rows(&cut).len();
+        if done >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "run made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let partial = rows(&cut);
+    assert!((2..5).contains(&partial.len()), "{} epochs on disk after the kill", partial.len());
+    assert_eq!(partial[..], reference[..partial.len()], "finished epochs before the crash are exact");
+    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest()).expect("run.json readable");
+    assert_eq!(manifest.status, RunStatus::Running);
+
+    // Corrupt the newest checkpoint: resume must fall back to the previous one.
+    let ckpts = RunDir::new(&cut.join("crash"), "cosface", 0).checkpoints();
+    let mut files: Vec<_> = std::fs::read_dir(&ckpts).expect("ls").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "ckpt")).collect();
+    files.sort();
+    let newest = files.last().expect("a checkpoint").clone();
+    let bytes = std::fs::read(&newest).expect("read");
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).expect("truncate");
+
+    assert!(run(&exp, &cut, true).wait().expect("wait").success());
+    assert_eq!(rows(&cut), reference, "resumed run differs from the uninterrupted one");
+    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest()).expect("run.json");
+    assert_eq!(manifest.status, RunStatus::Completed);
+}
+
+#[test]
+#[ignore = "slow: trains a small run in a child process"]
+fn a_second_process_on_the_same_run_refuses() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path());
+    let results = dir.path().join("r");
+    let mut first = run(&exp, &results, false);
+    let run_dir = RunDir::new(&results.join("crash"), "cosface", 0);
+    let started = Instant::now();
+    while !run_dir.manifest().exists() {
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lossbench"))
+        .args(["run", exp.to_str().expect("utf-8"), "--backend", "flex", "--resume", "--results", results.to_str().expect("utf-8")])
+        .output()
+        .expect("second");
+    first.kill().expect("kill");
+    first.wait().expect("reap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("in use by another lossbench process"), "{stdout}");
+}

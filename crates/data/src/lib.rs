@@ -1,0 +1,18 @@
+//! CIFAR-10/100 for lossbench: readers of the official binary files, a verified download,
+//! a synthetic data set in the same format, the standard augmentation and a deterministic
+//! batcher.
+//!
+//! Every random choice is a pure function of `(seed, epoch, image index)` (see
+//! `lossbench-rng`), so every loss, run and thread count sees the same batches.
+
+mod augment;
+mod batcher;
+mod cifar;
+mod error;
+pub mod fetch;
+pub mod synth;
+
+pub use augment::{ChannelStats, IMAGE_BYTES, IMAGE_SIDE, PAD, augment_image, normalize_image};
+pub use batcher::{Batch, Batcher, epoch_order};
+pub use cifar::{DataSet, Kind, Split, Summary, load, verify};
+pub use error::DataError;

@@ -1,0 +1,433 @@
+//! The experiment file (`experiments/*.toml`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Backbones the model crate provides.
+pub const ARCHS: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101"];
+
+/// A config that cannot be used; the message names the file, the key and what is allowed.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {key} = {value} is invalid: {allowed}")]
+    Invalid { path: PathBuf, key: String, value: String, allowed: String },
+}
+
+/// One experiment: a data set, a backbone, a recipe, losses and seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Folder name under `results/` and `reports/`: lower-case letters, digits, `-`, `_`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub training: TrainingConfig,
+    pub seeds: Vec<u64>,
+    pub losses: Vec<LossEntry>,
+    /// Published numbers to compare against, by loss name.
+    #[serde(default)]
+    pub claimed: BTreeMap<String, Claim>,
+}
+
+/// Which data set and where its `.bin` files are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub set: DataSetName,
+    /// Folder holding the binary files (e.g. `data/cifar-100-binary`).
+    pub dir: PathBuf,
+    /// If present, the folder holds lossbench's synthetic set and is generated when missing.
+    #[serde(default)]
+    pub synthetic: Option<SynthSettings>,
+}
+
+impl DataConfig {
+    /// `cifar10` or `cifar100`.
+    #[must_use]
+    pub fn set_name(&self) -> &'static str {
+        match self.set {
+            DataSetName::Cifar10 => "cifar10",
+            DataSetName::Cifar100 => "cifar100",
+        }
+    }
+}
+
+/// CIFAR-10 or CIFAR-100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataSetName {
+    #[serde(rename = "cifar10")]
+    Cifar10,
+    #[serde(rename = "cifar100")]
+    Cifar100,
+}
+
+/// Settings of a generated synthetic set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthSettings {
+    pub classes: usize,
+    pub train_per_class: usize,
+    pub test_per_class: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// The backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub arch: String,
+    #[serde(default = "one")]
+    pub width: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The optimiser and learning-rate recipe, shared by every loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub epochs: u32,
+    pub batch_size: usize,
+    #[serde(default = "eval_batch")]
+    pub eval_batch_size: usize,
+    pub lr: f64,
+    #[serde(default = "momentum")]
+    pub momentum: f64,
+    #[serde(default = "weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Linear warm-up from `lr / warmup_steps` to `lr` over this many epochs.
+    #[serde(default)]
+    pub warmup_epochs: u32,
+    pub schedule: Schedule,
+}
+
+fn eval_batch() -> usize {
+    256
+}
+fn momentum() -> f64 {
+    0.9
+}
+fn weight_decay() -> f64 {
+    5e-4
+}
+
+/// Learning rate after warm-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// `lr · gamma^(number of milestones ≤ epoch)`; epochs counted from 0.
+    Multistep { milestones: Vec<u32>, gamma: f64 },
+    /// Cosine from `lr` to `min_lr` over the epochs after warm-up, per step.
+    Cosine {
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// Constant `lr`.
+    Constant,
+}
+
+/// One loss to train, with its parameters (validated by the registry) and an optional
+/// epoch count of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossEntry {
+    pub name: String,
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub epochs: Option<u32>,
+}
+
+/// A published result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// Top-1 accuracy as a fraction (0.807, not 80.7).
+    pub top1: f64,
+    #[serde(default)]
+    pub epochs: Option<u32>,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+impl Experiment {
+    /// Read and validate an experiment file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let experiment: Self = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+            let mut message = e.message().trim().replace('\n', " ");
+            if let Some(key) = key.filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(k)) {
+                message = format!("key `{key}`: {message}");
+            }
+            ConfigError::Syntax { path: path.to_path_buf(), line, column, message }
+        })?;
+        experiment.validate(path)?;
+        Ok(experiment)
+    }
+
+    /// Check every value that serde cannot (ranges, uniqueness, cross references).
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, allowed: &str| {
+            Err(ConfigError::Invalid { path: path.to_path_buf(), key: key.to_string(), value, allowed: allowed.to_string() })
+        };
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return bad("name", format!("{:?}", self.name), "must be non-empty lower-case letters, digits, '-' or '_' (it names a folder)");
+        }
+        if !ARCHS.contains(&self.model.arch.as_str()) {
+            return bad("model.arch", format!("{:?}", self.model.arch), &format!("must be one of {}", ARCHS.join(", ")));
+        }
+        if !(self.model.width > 0.0 && self.model.width <= 4.0) {
+            return bad("model.width", self.model.width.to_string(), "must be in (0, 4]");
+        }
+        let t = &self.training;
+        if t.epochs == 0 {
+            return bad("training.epochs", "0".into(), "must be at least 1");
+        }
+        if t.batch_size == 0 {
+            return bad("training.batch_size", "0".into(), "must be at least 1");
+        }
+        if t.eval_batch_size == 0 {
+            return bad("training.eval_batch_size", "0".into(), "must be at least 1");
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return bad("training.lr", t.lr.to_string(), "must be a finite number > 0");
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return bad("training.momentum", t.momentum.to_string(), "must be in [0, 1)");
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return bad("training.weight_decay", t.weight_decay.to_string(), "must be a finite number >= 0");
+        }
+        if t.nesterov && t.momentum == 0.0 {
+            return bad("training.nesterov", "true".into(), "needs training.momentum > 0");
+        }
+        match &t.schedule {
+            Schedule::Multistep { milestones, gamma } => {
+                if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    return bad("training.schedule.milestones", format!("{milestones:?}"), "must be strictly increasing");
+                }
+                if !(gamma.is_finite() && *gamma > 0.0 && *gamma <= 1.0) {
+                    return bad("training.schedule.gamma", gamma.to_string(), "must be in (0, 1]");
+                }
+            }
+            Schedule::Cosine { min_lr } => {
+                if !(min_lr.is_finite() && *min_lr >= 0.0 && *min_lr <= t.lr) {
+                    return bad("training.schedule.min_lr", min_lr.to_string(), "must be in [0, training.lr]");
+                }
+            }
+            Schedule::Constant => {}
+        }
+        if self.seeds.is_empty() {
+            return bad("seeds", "[]".into(), "must list at least one seed");
+        }
+        if self.seeds.iter().collect::<BTreeSet<_>>().len() != self.seeds.len() {
+            return bad("seeds", format!("{:?}", self.seeds), "must not repeat a seed");
+        }
+        if self.losses.is_empty() {
+            return bad("losses", "[]".into(), "must list at least one [[losses]] entry");
+        }
+        let mut names = BTreeSet::new();
+        for (i, loss) in self.losses.iter().enumerate() {
+            if !names.insert(loss.name.as_str()) {
+                return bad(&format!("losses[{i}].name"), format!("{:?}", loss.name), "must not repeat a loss");
+            }
+            if loss.epochs == Some(0) {
+                return bad(&format!("losses[{i}].epochs"), "0".into(), "must be at least 1");
+            }
+            let epochs = loss.epochs.unwrap_or(t.epochs);
+            if t.warmup_epochs > epochs {
+                return bad("training.warmup_epochs", t.warmup_epochs.to_string(), &format!("must not exceed the {epochs} epochs of `{}`", loss.name));
+            }
+        }
+        for (name, claim) in &self.claimed {
+            if !names.contains(name.as_str()) {
+                return bad(&format!("claimed.{name}"), "…".into(), "names a loss that is not in [[losses]]");
+            }
+            if !(0.0..=1.0).contains(&claim.top1) {
+                let hint = if (1.0..=100.0).contains(&claim.top1) { " (a fraction: write 0.807 for 80.7 %)" } else { "" };
+                return bad(&format!("claimed.{name}.top1"), claim.top1.to_string(), &format!("must be in [0, 1]{hint}"));
+            }
+        }
+        if let Some(s) = &self.data.synthetic
+            && (s.classes < 2 || s.classes > 100 || s.train_per_class == 0 || s.test_per_class == 0)
+        {
+            return bad("data.synthetic", format!("{s:?}"), "needs 2..=100 classes and at least 1 image per class and split");
+        }
+        Ok(())
+    }
+
+    /// Epochs for `loss`: its own count or the experiment's.
+    #[must_use]
+    pub fn epochs_for(&self, loss: &str) -> u32 {
+        self.losses.iter().find(|l| l.name == loss).and_then(|l| l.epochs).unwrap_or(self.training.epochs)
+    }
+
+    /// The experiment as TOML (what is copied into the results folder).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const VALID: &str = r#"
+name = "t"
+seeds = [0, 1]
+
+[data]
+set = "cifar100"
+dir = "data/synthetic"
+
+[model]
+arch = "resnet18"
+width = 0.125
+
+[training]
+epochs = 3
+batch_size = 32
+lr = 0.1
+warmup_epochs = 1
+schedule = { kind = "multistep", milestones = [2], gamma = 0.2 }
+
+[[losses]]
+name = "softmax"
+
+[[losses]]
+name = "arcface"
+params = { s = 64.0, m = 0.5 }
+epochs = 2
+
+[claimed.arcface]
+top1 = 0.807
+epochs = 105
+"#;
+
+    fn parse(text: &str) -> Result<Experiment, ConfigError> {
+        Experiment::parse(text, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn valid_file_parses_with_defaults() {
+        let e = parse(VALID).expect("valid");
+        assert_eq!(e.training.momentum, 0.9);
+        assert_eq!(e.training.eval_batch_size, 256);
+        assert_eq!(e.epochs_for("arcface"), 2);
+        assert_eq!(e.epochs_for("softmax"), 3);
+        assert_eq!(e.losses[1].params["m"], serde_json::json!(0.5));
+        // The TOML copy in the results folder reads back the same.
+        assert_eq!(parse(&e.to_toml()).expect("round trip"), e);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = VALID.replace("lr = 0.1", "lr = 0.1\nlearning_rate = 0.2");
+        let err = parse(&text).expect_err("unknown key accepted").to_string();
+        assert!(err.starts_with("x.toml:17:"), "{err}");
+        assert!(err.contains("unknown field `learning_rate`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse(&VALID.replace("batch_size = 32", "batch_size = \"big\"")).expect_err("string batch").to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_range() {
+        for (from, to, want) in [
+            ("lr = 0.1", "lr = -0.1", "training.lr = -0.1 is invalid"),
+            ("arch = \"resnet18\"", "arch = \"vgg\"", "model.arch = \"vgg\" is invalid: must be one of resnet18"),
+            ("seeds = [0, 1]", "seeds = [1, 1]", "seeds = [1, 1] is invalid"),
+            ("top1 = 0.807", "top1 = 80.7", "write 0.807 for 80.7 %"),
+            ("milestones = [2]", "milestones = [2, 2]", "strictly increasing"),
+            ("epochs = 2\n", "epochs = 0\n", "losses[1].epochs = 0"),
+        ] {
+            let err = parse(&VALID.replace(from, to)).expect_err(to).to_string();
+            assert!(err.contains(want), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn claim_for_a_loss_not_trained_is_an_error() {
+        let err = parse(&VALID.replace("[claimed.arcface]", "[claimed.cosface]")).expect_err("claim").to_string();
+        assert!(err.contains("claimed.cosface"), "{err}");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("\"\"".to_string()),
+                Just("-1".to_string()),
+                Just("0".to_string()),
+                Just("nan".to_string()),
+                Just("inf".to_string()),
+                Just("true".to_string()),
+                Just("[]".to_string()),
+                Just("{}".to_string()),
+                Just("1e308".to_string()),
+                "[a-z]{0,6}".prop_map(|s| format!("\"{s}\"")),
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any value at any key: a parse error or a validation error, never a panic.
+            #[test]
+            fn mutated_configs_never_panic(line in 1usize..40, v in value()) {
+                let mut lines: Vec<String> = VALID.lines().map(str::to_string).collect();
+                if let Some(l) = lines.get_mut(line) {
+                    if let Some((key, _)) = l.split_once(" = ") {
+                        *l = format!("{key} = {v}");
+                    }
+                }
+                let _ = parse(&lines.join("\n"));
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+                let _ = parse(&text);
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Experiment files and everything lossbench writes under `results/`: the config schema and
+//! its validation, the results layout, per-epoch records (polars, Parquet + CSV), run
+//! manifests (`run.json`) and atomic file writes. Shared by the runner (which writes) and the
+//! report (which reads), without tensors.
+
+mod atomic;
+mod config;
+mod layout;
+mod manifest;
+mod records;
+
+pub use atomic::{atomic_write, atomic_write_with};
+pub use config::{
+    Claim, ConfigError, DataConfig, DataSetName, Experiment, LossEntry, ModelConfig, Schedule, SynthSettings,
+    TrainingConfig, ARCHS,
+};
+pub use layout::{EXPERIMENT_COPY, RunDir, discover_runs, experiment_dir};
+pub use manifest::{RunManifest, RunStatus, now_rfc3339};
+pub use records::{EpochRecord, read_metrics, records_to_frame, frame_to_records, write_metrics};

@@ -1,0 +1,68 @@
+//! `run.json`: what a run was, where it ran and how it ended.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_write;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Diverged,
+    Failed,
+}
+
+/// The content of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub experiment: String,
+    pub loss: String,
+    pub seed: u64,
+    /// Loss parameters after defaults were filled in.
+    pub params: BTreeMap<String, f64>,
+    pub epochs: u32,
+    pub epochs_completed: u32,
+    pub status: RunStatus,
+    /// Optimiser step (0-based) whose loss was not finite.
+    #[serde(default)]
+    pub diverged_at_step: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub backend: String,
+    pub device: String,
+    pub versions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    pub synthetic_data: bool,
+    pub started_at: String,
+    pub updated_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// The resolved experiment.
+    pub config: serde_json::Value,
+}
+
+impl RunManifest {
+    /// Read `run.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid run manifest", path.display()))
+    }
+
+    /// Write `run.json` atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        atomic_write(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// The current time, RFC 3339 in UTC.
+#[must_use]
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

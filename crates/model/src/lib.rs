@@ -1,0 +1,348 @@
+//! The CIFAR ResNet family used as the shared backbone: torchvision's ResNet v1.5
+//! (stride on the 3×3 convolution of a bottleneck) adapted to 32×32 inputs as in the common
+//! CIFAR recipes — a 3×3 stride-1 stem and no max-pool — ending in global average pooling.
+//! There is no classifier: the loss head owns the class weights.
+//!
+//! Weights are drawn from lossbench's own counter-based stream (Kaiming normal, fan-out, as
+//! torchvision), so a seed gives the same initial backbone on every backend.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d, Relu};
+use burn::prelude::*;
+use lossbench_rng::{Purpose, Stream};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Basic blocks per stage of ResNet-18.
+const RESNET18_BLOCKS: [usize; 4] = [2, 2, 2, 2];
+/// Basic blocks per stage of ResNet-34.
+const RESNET34_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+/// Bottleneck blocks per stage of ResNet-50.
+const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+/// Bottleneck blocks per stage of ResNet-101.
+const RESNET101_BLOCKS: [usize; 4] = [3, 4, 23, 3];
+/// Output channels of a bottleneck relative to its inner width.
+const BOTTLENECK_EXPANSION: usize = 4;
+/// Inner channels of the four stages at width 1.
+const STAGE_CHANNELS: [usize; 4] = [64, 128, 256, 512];
+
+/// A member of the family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "resnet18")]
+    ResNet18,
+    #[serde(rename = "resnet34")]
+    ResNet34,
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    #[serde(rename = "resnet101")]
+    ResNet101,
+}
+
+impl Arch {
+    fn blocks(self) -> ([usize; 4], bool) {
+        match self {
+            Self::ResNet18 => (RESNET18_BLOCKS, false),
+            Self::ResNet34 => (RESNET34_BLOCKS, false),
+            Self::ResNet50 => (RESNET50_BLOCKS, true),
+            Self::ResNet101 => (RESNET101_BLOCKS, true),
+        }
+    }
+
+    /// The name used in experiment files.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ResNet18 => "resnet18",
+            Self::ResNet34 => "resnet34",
+            Self::ResNet50 => "resnet50",
+            Self::ResNet101 => "resnet101",
+        }
+    }
+}
+
+/// Invalid backbone settings.
+#[derive(Debug, Error, PartialEq)]
+pub enum ModelError {
+    #[error("model.width = {0} is invalid: must be in (0, 4] and leave at least 1 channel in the stem")]
+    Width(f64),
+}
+
+/// Backbone configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetConfig {
+    pub arch: Arch,
+    /// Channel multiplier (1 = the standard widths; 1/8 for fast tests).
+    #[serde(default = "default_width")]
+    pub width: f64,
+}
+
+fn default_width() -> f64 {
+    1.0
+}
+
+impl ResNetConfig {
+    /// A standard-width configuration.
+    #[must_use]
+    pub fn new(arch: Arch) -> Self {
+        Self { arch, width: 1.0 }
+    }
+
+    /// The same architecture at another width.
+    #[must_use]
+    pub fn with_width(self, width: f64) -> Self {
+        Self { width, ..self }
+    }
+
+    fn channels(&self, base: usize) -> usize {
+        ((base as f64 * self.width).round() as usize).max(1)
+    }
+
+    /// Check the width.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if !(self.width > 0.0 && self.width <= 4.0) || (64.0 * self.width).round() < 1.0 {
+            return Err(ModelError::Width(self.width));
+        }
+        Ok(())
+    }
+
+    /// Length of the embedding `forward_features` returns (2048 for ResNet-50).
+    #[must_use]
+    pub fn feature_dim(&self) -> usize {
+        let (_, bottleneck) = self.arch.blocks();
+        self.channels(STAGE_CHANNELS[3]) * if bottleneck { BOTTLENECK_EXPANSION } else { 1 }
+    }
+
+    /// Build the backbone with weights drawn from `seed`.
+    pub fn init(&self, seed: u64, device: &Device) -> Result<ResNet, ModelError> {
+        self.validate()?;
+        let mut init = WeightInit { seed, next_layer: 0, device: device.clone() };
+        let (counts, bottleneck) = self.arch.blocks();
+        let stem_channels = self.channels(64);
+        let stem = init.conv_bn(3, stem_channels, 3, 1);
+        let mut blocks = Vec::new();
+        let mut in_channels = stem_channels;
+        for (stage, (&count, &base)) in counts.iter().zip(&STAGE_CHANNELS).enumerate() {
+            let inner = self.channels(base);
+            for i in 0..count {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let block = if bottleneck {
+                    let out = inner * BOTTLENECK_EXPANSION;
+                    let b = Block::Bottleneck(Bottleneck {
+                        reduce: init.conv_bn(in_channels, inner, 1, 1),
+                        conv: init.conv_bn(inner, inner, 3, stride),
+                        expand: init.conv_bn(inner, out, 1, 1),
+                        shortcut: (stride != 1 || in_channels != out)
+                            .then(|| init.conv_bn(in_channels, out, 1, stride)),
+                        relu: Relu::new(),
+                    });
+                    in_channels = out;
+                    b
+                } else {
+                    let b = Block::Basic(BasicBlock {
+                        conv1: init.conv_bn(in_channels, inner, 3, stride),
+                        conv2: init.conv_bn(inner, inner, 3, 1),
+                        shortcut: (stride != 1 || in_channels != inner)
+                            .then(|| init.conv_bn(in_channels, inner, 1, stride)),
+                        relu: Relu::new(),
+                    });
+                    in_channels = inner;
+                    b
+                };
+                blocks.push(block);
+            }
+        }
+        Ok(ResNet { stem, blocks, pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(), relu: Relu::new() })
+    }
+}
+
+/// Draws each layer's weights from its own stream, keyed by the seed and layer order.
+struct WeightInit {
+    seed: u64,
+    next_layer: u64,
+    device: Device,
+}
+
+impl WeightInit {
+    /// Convolution (no bias: a batch norm follows) with Kaiming-normal fan-out weights, and
+    /// a batch norm with γ = 1, β = 0.
+    fn conv_bn(&mut self, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvBn {
+        let mut conv = Conv2dConfig::new([cin, cout], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+            .with_bias(false)
+            .with_initializer(Initializer::Zeros)
+            .init(&self.device);
+        let std = (2.0 / (cout * kernel * kernel) as f64).sqrt();
+        let values = Stream::new(self.seed, Purpose::BackboneInit, self.next_layer)
+            .normal_vec(cout * cin * kernel * kernel, std);
+        self.next_layer += 1;
+        conv.weight = Param::from_data(TensorData::new(values, [cout, cin, kernel, kernel]), &self.device);
+        ConvBn { conv, bn: BatchNormConfig::new(cout).init(&self.device) }
+    }
+}
+
+/// Convolution followed by batch normalisation.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// Two 3×3 convolutions (ResNet-18/34).
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    shortcut: Option<ConvBn>,
+    relu: Relu,
+}
+
+/// 1×1 reduce, 3×3 (carrying the stride, v1.5), 1×1 expand (ResNet-50/101).
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    reduce: ConvBn,
+    conv: ConvBn,
+    expand: ConvBn,
+    shortcut: Option<ConvBn>,
+    relu: Relu,
+}
+
+/// A residual block of either kind.
+#[derive(Module, Debug)]
+pub enum Block {
+    Basic(BasicBlock),
+    Bottleneck(Bottleneck),
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Basic(b) => {
+                let identity = b.shortcut.as_ref().map_or_else(|| x.clone(), |s| s.forward(x.clone()));
+                let y = b.relu.forward(b.conv1.forward(x));
+                b.relu.forward(b.conv2.forward(y) + identity)
+            }
+            Self::Bottleneck(b) => {
+                let identity = b.shortcut.as_ref().map_or_else(|| x.clone(), |s| s.forward(x.clone()));
+                let y = b.relu.forward(b.reduce.forward(x));
+                let y = b.relu.forward(b.conv.forward(y));
+                b.relu.forward(b.expand.forward(y) + identity)
+            }
+        }
+    }
+}
+
+/// A CIFAR ResNet without classifier.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    pool: AdaptiveAvgPool2d,
+    relu: Relu,
+}
+
+impl ResNet {
+    /// The embedding of a batch of images: `[batch, 3, 32, 32]` → `[batch, feature_dim]`.
+    #[must_use]
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = self.relu.forward(self.stem.forward(images)); // [batch, 64w, 32, 32]
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = self.pool.forward(x); // [batch, C, 1, 1]
+        let [batch, channels, _, _] = x.dims();
+        x.reshape([batch, channels])
+    }
+}
+
+/// Number of trainable parameters (convolution weights, batch-norm γ and β; the batch-norm
+/// running statistics are buffers, as in PyTorch, and are not counted).
+#[must_use]
+pub fn trainable_params(model: &ResNet) -> usize {
+    /// Counts float tensors except those inside a `running_*` field (batch-norm buffers).
+    struct Count {
+        path: Vec<String>,
+        total: usize,
+    }
+    impl burn::module::ModuleVisitor for Count {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if !self.path.last().is_some_and(|n| n.starts_with("running_")) {
+                self.total += param.shape().num_elements();
+            }
+        }
+    }
+    let mut count = Count { path: Vec::new(), total: 0 };
+    model.visit(&mut count);
+    count.total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resnet50_matches_torchvision_parameter_count() {
+        // torchvision resnet50: 25,557,032 parameters. Without fc (2048·1000 + 1000) and with
+        // the 7×7 stem (64·3·49) replaced by a 3×3 one (64·3·9): 23,500,352.
+        let device = Device::flex();
+        let model = ResNetConfig::new(Arch::ResNet50).init(0, &device).expect("valid");
+        assert_eq!(trainable_params(&model), 25_557_032 - 2_049_000 - 9_408 + 1_728);
+        assert_eq!(ResNetConfig::new(Arch::ResNet50).feature_dim(), 2048);
+    }
+
+    #[test]
+    fn resnet18_matches_torchvision_parameter_count() {
+        // torchvision resnet18: 11,689,512; minus fc (512·1000 + 1000), 7×7 → 3×3 stem.
+        let model = ResNetConfig::new(Arch::ResNet18).init(0, &Device::flex()).expect("valid");
+        assert_eq!(trainable_params(&model), 11_689_512 - 513_000 - 9_408 + 1_728);
+    }
+
+    #[test]
+    fn small_width_forward_shapes() {
+        let device = Device::flex();
+        for arch in [Arch::ResNet18, Arch::ResNet50] {
+            let config = ResNetConfig::new(arch).with_width(0.125);
+            let model = config.init(1, &device).expect("valid");
+            let x = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+            assert_eq!(model.forward_features(x).dims(), [2, config.feature_dim()]);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_weights_other_seed_other_weights() {
+        let device = Device::flex();
+        let config = ResNetConfig::new(Arch::ResNet18).with_width(0.125);
+        let weights = |seed| -> Vec<f32> {
+            let m = config.init(seed, &device).expect("valid");
+            m.stem.conv.weight.val().into_data().try_into_vec_as::<f32>().expect("f32")
+        };
+        assert_eq!(weights(4), weights(4));
+        assert_ne!(weights(4), weights(5));
+    }
+
+    #[test]
+    fn invalid_width_is_an_error() {
+        for w in [0.0, -1.0, 5.0, f64::NAN, 0.001] {
+            let err = ResNetConfig::new(Arch::ResNet18).with_width(w).init(0, &Device::flex()).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.starts_with("model.width = "), "width {w}: {msg:?}");
+        }
+        assert!(ResNetConfig::new(Arch::ResNet18).with_width(0.125).validate().is_ok());
+    }
+}

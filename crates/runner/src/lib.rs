@@ -1,0 +1,15 @@
+//! The shared runner: the same backbone, initial weights, data order, augmentation,
+//! optimiser and schedule for every loss; one row of metrics per epoch; checkpoints after
+//! every epoch; resumable, lock-protected, divergence-aware runs.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod plan;
+pub mod progress;
+pub mod schedule;
+pub mod sgd;
+pub mod train;
+
+pub use backend::{Backend, BackendChoice, probe_wgpu};
+pub use plan::{RunLock, RunOptions, RunReport, format_duration, load_data, run_experiment};
+pub use progress::Progress;

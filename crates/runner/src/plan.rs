@@ -1,0 +1,332 @@
+//! `lossbench run`: expand an experiment into (loss, seed) runs and execute them, each in its
+//! own locked folder, one failure or divergence never stopping the others.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use lossbench_data::{ChannelStats, Kind, Split, fetch, load, synth};
+use lossbench_experiment::{
+    DataSetName, EXPERIMENT_COPY, Experiment, RunDir, RunManifest, RunStatus, atomic_write, experiment_dir, now_rfc3339,
+    read_metrics,
+};
+use lossbench_head::ResolvedParams;
+use lossbench_registry::resolve_params;
+
+use crate::backend::{Backend, BackendChoice};
+use crate::progress::Progress;
+use crate::train::{Data, Ending, RunSpec, start, train};
+
+/// The burn version every crate is built against (checked against `Cargo.toml` in tests).
+pub const BURN_VERSION: &str = "0.22.1";
+
+/// Options of `lossbench run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only these losses (all when empty).
+    pub losses: Vec<String>,
+    /// Only these seeds (all when empty).
+    pub seeds: Vec<u64>,
+    pub backend: BackendChoice,
+    /// Overrides every loss's epoch count.
+    pub epochs: Option<u32>,
+    /// Overrides `data.dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Root of the results tree.
+    pub results: PathBuf,
+    /// Continue interrupted runs and skip finished ones.
+    pub resume: bool,
+    /// Download the (non-synthetic) data set first if it is missing.
+    pub fetch: bool,
+}
+
+/// The end state of each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub loss: String,
+    pub seed: u64,
+    pub status: RunStatus,
+    pub detail: String,
+}
+
+/// A run folder held by this process; the OS releases the lock if the process dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Lock `run` or explain who holds it.
+    pub fn acquire(run: &RunDir) -> Result<Self> {
+        std::fs::create_dir_all(&run.path).with_context(|| format!("cannot create {}", run.path.display()))?;
+        let path = run.lock();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                std::fs::write(&path, format!("pid {} since {}\n", std::process::id(), now_rfc3339()))?;
+                Ok(Self { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!("{} is in use by another lossbench process ({}); wait for it to finish or stop it", run.path.display(), holder.trim())
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+}
+
+fn kind(name: DataSetName) -> Kind {
+    match name {
+        DataSetName::Cifar10 => Kind::Cifar10,
+        DataSetName::Cifar100 => Kind::Cifar100,
+    }
+}
+
+/// Load the experiment's data, generating the synthetic set first if it asks for one.
+pub fn load_data(experiment: &Experiment, dir_override: Option<&Path>, progress: &Progress) -> Result<Data> {
+    let dir = dir_override.unwrap_or(&experiment.data.dir);
+    let kind = kind(experiment.data.set);
+    if let Some(s) = experiment.data.synthetic {
+        let wanted = synth::SynthConfig { classes: s.classes, train_per_class: s.train_per_class, test_per_class: s.test_per_class, seed: s.seed };
+        let present = synth::SynthManifest::read(dir)?;
+        if present.as_ref().is_none_or(|m| (m.classes, m.train_per_class, m.test_per_class, m.seed) != (s.classes, s.train_per_class, s.test_per_class, s.seed)) {
+            progress.line(&format!("generating the synthetic data set in {}", dir.display()));
+            synth::write(dir, wanted)?;
+        }
+    }
+    let train = load(dir, kind, Split::Train)?;
+    let test = load(dir, kind, Split::Test)?;
+    let stats = ChannelStats::of(&train);
+    Ok(Data { train, test, stats })
+}
+
+/// Download the experiment's data set into the parent of `data.dir` unless it loads already.
+fn fetch_if_missing(experiment: &Experiment, dir_override: Option<&Path>, progress: &Progress) -> Result<()> {
+    let dir = dir_override.unwrap_or(&experiment.data.dir);
+    let kind = kind(experiment.data.set);
+    if load(dir, kind, Split::Train).is_ok() && load(dir, kind, Split::Test).is_ok() {
+        return Ok(());
+    }
+    if dir.file_name().and_then(|n| n.to_str()) != Some(kind.folder()) {
+        bail!("cannot fetch into {}: the official archive extracts to a folder named {}; point data.dir there", dir.display(), kind.folder());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    progress.line(&format!("{} is missing: fetching {}", dir.display(), kind.name()));
+    fetch::fetch(parent, kind, &fetch::Source::official(kind), true)?;
+    Ok(())
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    if !out.status.success() || commit.is_empty() {
+        return None;
+    }
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}
+
+/// Images per second of a training step measured on these machines (see BENCHMARKS.md);
+/// used only for the up-front estimate.
+fn known_throughput(backend: &str, arch: &str, width: f64) -> Option<f64> {
+    let full = match (backend, arch) {
+        ("flex", "resnet18") => 22.0,
+        ("flex", "resnet50") => 6.0,
+        ("flex", "resnet34") => 11.0,
+        ("flex", "resnet101") => 3.2,
+        _ => return None,
+    };
+    // Compute scales roughly with width²; small models are overhead-bound, hence the cap.
+    Some((full / (width * width)).min(3000.0))
+}
+
+/// Human-readable duration.
+#[must_use]
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s.div_ceil(60)),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+struct Planned {
+    loss: String,
+    params: ResolvedParams,
+    seed: u64,
+    epochs: u32,
+}
+
+/// Run every selected (loss, seed) of the experiment in `path`.
+pub fn run_experiment(path: &Path, options: &RunOptions, progress: &mut Progress) -> Result<Vec<RunReport>> {
+    let experiment = Experiment::load(path)?;
+    let mut planned = Vec::new();
+    for wanted in &options.losses {
+        if !experiment.losses.iter().any(|l| &l.name == wanted) {
+            let names: Vec<_> = experiment.losses.iter().map(|l| l.name.as_str()).collect();
+            bail!("--loss {wanted}: not in {} (it has {})", path.display(), names.join(", "));
+        }
+    }
+    if options.epochs == Some(0) {
+        bail!("--epochs 0 is invalid: must be at least 1");
+    }
+    for entry in &experiment.losses {
+        let params = resolve_params(&entry.name, &entry.params).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if !options.losses.is_empty() && !options.losses.contains(&entry.name) {
+            continue;
+        }
+        let seeds = if options.seeds.is_empty() { experiment.seeds.clone() } else { options.seeds.clone() };
+        for seed in seeds {
+            let epochs = options.epochs.unwrap_or_else(|| experiment.epochs_for(&entry.name));
+            planned.push(Planned { loss: entry.name.clone(), params: params.clone(), seed, epochs });
+        }
+    }
+    if options.fetch && experiment.data.synthetic.is_none() {
+        fetch_if_missing(&experiment, options.data_dir.as_deref(), progress)?;
+    }
+    let backend = options.backend.resolve()?;
+    let data = load_data(&experiment, options.data_dir.as_deref(), progress)?;
+    let root = experiment_dir(&options.results, &experiment.name);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    atomic_write(&root.join(EXPERIMENT_COPY), experiment.to_toml().as_bytes())?;
+
+    let images: f64 = planned.iter().map(|p| f64::from(p.epochs) * data.train.len() as f64).sum();
+    let estimate = known_throughput(backend.name, &experiment.model.arch, experiment.model.width)
+        .map_or_else(|| "unknown until the first epoch ends".to_string(), |ips| format!("about {} of training (at most; finished runs are skipped)", format_duration(images / ips)));
+    progress.line(&format!(
+        "experiment {}: {} runs on {} ({}), data {} ({} train / {} test images{}); estimate: {estimate}",
+        experiment.name,
+        planned.len(),
+        backend.name,
+        backend.device_name,
+        experiment.data.set_name(),
+        data.train.len(),
+        data.test.len(),
+        if data.train.synthetic { ", synthetic" } else { "" },
+    ));
+
+    let mut reports = Vec::new();
+    for p in &planned {
+        let run = RunDir::new(&root, &p.loss, p.seed);
+        let label = format!("[{} seed {}]", p.loss, p.seed);
+        let (status, detail) = match RunLock::acquire(&run) {
+            // Another process owns this run: report it and leave its files alone.
+            Err(e) => {
+                let message = format!("{e:#}");
+                progress.line(&format!("{label} skipped: {message}"));
+                (RunStatus::Failed, message)
+            }
+            Ok(_lock) => match execute(&experiment, p, &run, &backend, &data, options.resume, &label, progress) {
+                Ok(report) => report,
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    progress.line(&format!("{label} failed: {message}"));
+                    mark_failed(&run, &message);
+                    (RunStatus::Failed, message)
+                }
+            },
+        };
+        reports.push(RunReport { loss: p.loss.clone(), seed: p.seed, status, detail });
+    }
+    Ok(reports)
+}
+
+fn mark_failed(run: &RunDir, message: &str) {
+    if let Ok(mut m) = RunManifest::read(&run.manifest()) {
+        m.status = RunStatus::Failed;
+        m.error = Some(message.to_string());
+        m.updated_at = now_rfc3339();
+        m.finished_at = Some(now_rfc3339());
+        let _ = m.write(&run.manifest());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    experiment: &Experiment,
+    p: &Planned,
+    run: &RunDir,
+    backend: &Backend,
+    data: &Data,
+    resume: bool,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<(RunStatus, String)> {
+    let previous = RunManifest::read(&run.manifest()).ok();
+    if let Some(prev) = &previous {
+        if !resume {
+            bail!("{} already holds results (status {:?}); pass --resume to continue it, or delete the folder to start over", run.path.display(), prev.status);
+        }
+        let done = read_metrics(run).map(|r| r.len() as u32).unwrap_or(0);
+        match prev.status {
+            RunStatus::Completed if done >= p.epochs => {
+                progress.line(&format!("{label} already completed ({done} epochs), skipped"));
+                return Ok((RunStatus::Completed, "already completed".into()));
+            }
+            RunStatus::Diverged => {
+                progress.line(&format!("{label} diverged earlier (step {:?}), skipped", prev.diverged_at_step));
+                return Ok((RunStatus::Diverged, format!("diverged at step {}", prev.diverged_at_step.unwrap_or(0))));
+            }
+            _ => {}
+        }
+    }
+    let device = backend.device.clone().autodiff();
+    let spec = RunSpec { experiment, loss: &p.loss, params: &p.params, seed: p.seed, epochs: p.epochs, run_dir: run, device: &device, label: label.to_string() };
+    let begin = start(&spec, data, resume, progress)?;
+    let mut manifest = RunManifest {
+        experiment: experiment.name.clone(),
+        loss: p.loss.clone(),
+        seed: p.seed,
+        params: p.params.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        epochs: p.epochs,
+        epochs_completed: begin.epoch,
+        status: RunStatus::Running,
+        diverged_at_step: None,
+        error: None,
+        backend: backend.name.to_string(),
+        device: backend.device_name.clone(),
+        versions: BTreeMap::from([
+            ("lossbench".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("burn".to_string(), BURN_VERSION.to_string()),
+        ]),
+        git_commit: git_commit(),
+        synthetic_data: data.train.synthetic,
+        started_at: previous.as_ref().filter(|_| begin.epoch > 0).map_or_else(now_rfc3339, |m| m.started_at.clone()),
+        updated_at: now_rfc3339(),
+        finished_at: None,
+        config: serde_json::to_value(experiment)?,
+    };
+    manifest.write(&run.manifest())?;
+    let ending = train(&spec, data, begin, progress, |record| {
+        manifest.epochs_completed = record.epoch;
+        manifest.updated_at = now_rfc3339();
+        manifest.write(&run.manifest())
+    })?;
+    manifest.updated_at = now_rfc3339();
+    manifest.finished_at = Some(now_rfc3339());
+    let result = match ending {
+        Ending::Completed => {
+            manifest.status = RunStatus::Completed;
+            (RunStatus::Completed, format!("{} epochs", p.epochs))
+        }
+        Ending::Diverged { step } => {
+            manifest.status = RunStatus::Diverged;
+            manifest.diverged_at_step = Some(step);
+            (RunStatus::Diverged, format!("diverged at step {step}"))
+        }
+    };
+    manifest.write(&run.manifest())?;
+    Ok(result)
+}

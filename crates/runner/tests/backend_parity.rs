@@ -1,0 +1,100 @@
+//! flex against wgpu (lavapipe on a machine without a GPU): the CIFAR ResNet forward and
+//! backward and every loss head agree within a stated tolerance. Skipped, with a message,
+//! when no wgpu adapter exists. Slow (shader compilation): `just test-slow`.
+
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use lossbench_head::{HeadDims, Labels};
+use lossbench_model::{Arch, ResNetConfig};
+use lossbench_registry::{LOSSES, init_head, resolve_params};
+
+/// f32 on two backends: GPU reductions run in another order than the CPU's.
+const REL_TOL: f32 = 2e-3;
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    let n = t.shape().num_elements();
+    t.reshape([n]).into_data().try_into_vec_as::<f32>().expect("f32")
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(1e-6_f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= REL_TOL * scale, "{what}[{i}]: flex {y}, wgpu {x} (scale {scale})");
+    }
+}
+
+fn wgpu_device() -> Option<Device> {
+    match lossbench_runner::probe_wgpu() {
+        Some((name, _)) => {
+            eprintln!("backend parity against wgpu adapter: {name}");
+            Some(Device::wgpu(Default::default()))
+        }
+        None => {
+            eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+            None
+        }
+    }
+}
+
+/// Loss value and gradients of features and weights of every head on `device`.
+fn heads_on(device: &Device) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let device = device.clone().autodiff();
+    let dims = HeadDims { num_classes: 6, feature_dim: 8 };
+    let x_values: Vec<f32> = (0..32).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
+    LOSSES
+        .iter()
+        .map(|spec| {
+            let params = resolve_params(spec.name, &serde_json::Map::new()).expect("defaults");
+            let head = init_head(spec.name, &params, dims, 5, &device).expect("head");
+            let x = Tensor::<2>::from_data(TensorData::new(x_values.clone(), [4, 8]), &device).require_grad();
+            let labels = Labels::new(&[0, 5, 2, 2], 6, &device).expect("labels");
+            let loss = head.loss(x.clone(), &labels, 10);
+            let grads = loss.backward();
+            let w = head.weight();
+            (spec.name.to_string(), host(loss.inner()), host(x.grad(&grads).expect("grad x")), host(w.grad(&grads).expect("grad w")))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: compiles wgpu shaders"]
+fn loss_heads_agree_between_flex_and_wgpu() {
+    let Some(wgpu) = wgpu_device() else { return };
+    for (cpu, gpu) in heads_on(&Device::flex()).into_iter().zip(heads_on(&wgpu)) {
+        assert_close(&format!("{} loss", cpu.0), &gpu.1, &cpu.1);
+        assert_close(&format!("{} grad features", cpu.0), &gpu.2, &cpu.2);
+        assert_close(&format!("{} grad weights", cpu.0), &gpu.3, &cpu.3);
+    }
+}
+
+fn resnet_on(device: &Device) -> (Vec<f32>, Vec<f32>) {
+    let device = device.clone().autodiff();
+    let model = ResNetConfig::new(Arch::ResNet18).with_width(0.0625).init(7, &device).expect("model");
+    let images: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i * 7919 % 255) as f32 / 127.0) - 1.0).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(images, [2, 3, 32, 32]), &device);
+    let features = model.forward_features(x);
+    let objective = (features.clone() * features.clone()).sum();
+    let grads = objective.backward();
+    struct FirstGrad<'a>(&'a burn::tensor::Gradients, Option<Vec<f32>>);
+    impl ModuleVisitor for FirstGrad<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if self.1.is_none() {
+                self.1 = p.val().grad(self.0).map(host);
+            }
+        }
+    }
+    let mut first = FirstGrad(&grads, None);
+    model.visit(&mut first);
+    (host(features.inner()), first.1.expect("stem gradient"))
+}
+
+#[test]
+#[ignore = "slow: compiles wgpu shaders"]
+fn resnet_forward_and_backward_agree_between_flex_and_wgpu() {
+    let Some(wgpu) = wgpu_device() else { return };
+    let (cpu_f, cpu_g) = resnet_on(&Device::flex());
+    let (gpu_f, gpu_g) = resnet_on(&wgpu);
+    assert_close("features", &gpu_f, &cpu_f);
+    assert_close("stem conv gradient", &gpu_g, &cpu_g);
+}

@@ -1,0 +1,132 @@
+//! The runner end to end on a tiny synthetic experiment (flex).
+
+mod common;
+
+use common::{metrics, tiny_experiment};
+use lossbench_experiment::{RunDir, RunManifest, RunStatus};
+use lossbench_runner::train::Net;
+use lossbench_runner::{BackendChoice, Progress, RunLock, RunOptions, run_experiment};
+
+fn options(results: &std::path::Path) -> RunOptions {
+    RunOptions { backend: BackendChoice::Flex, results: results.to_path_buf(), ..RunOptions::default() }
+}
+
+#[test]
+fn every_loss_runs_and_writes_its_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let losses = ["softmax", "normface", "sphereface", "cosface", "arcface"];
+    let exp = tiny_experiment(dir.path(), &losses, &[0], 2, 0.05);
+    let results = dir.path().join("results");
+    let reports = run_experiment(&exp, &options(&results), &mut Progress::quiet()).expect("run");
+    assert_eq!(reports.len(), 5);
+    for (report, loss) in reports.iter().zip(losses) {
+        assert_eq!(report.status, RunStatus::Completed, "{loss}: {}", report.detail);
+        let run = RunDir::new(&results.join("tiny"), loss, 0);
+        for file in [run.metrics_parquet(), run.metrics_csv(), run.manifest(), run.checkpoints().join("epoch-0002.ckpt")] {
+            assert!(file.exists(), "{} missing", file.display());
+        }
+        let m = RunManifest::read(&run.manifest()).expect("manifest");
+        assert_eq!((m.status, m.epochs_completed, m.backend.as_str()), (RunStatus::Completed, 2, "flex"));
+        assert!(m.synthetic_data);
+        let rows = metrics(&results, loss, 0);
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            for v in [r.train_top1, r.test_top1, r.test_top5] {
+                assert!((0.0..=1.0).contains(&v), "{loss}: accuracy {v}");
+            }
+            assert!(r.test_top5 >= r.test_top1);
+            assert!(r.target_angle_deg > 0.0 && r.target_angle_deg < 180.0);
+        }
+    }
+    assert!(results.join("tiny/experiment.toml").exists());
+}
+
+#[test]
+fn same_loss_and_seed_give_identical_metrics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = tiny_experiment(dir.path(), &["arcface"], &[3], 2, 0.05);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_experiment(&exp, &options(&a), &mut Progress::quiet()).expect("run a");
+    run_experiment(&exp, &options(&b), &mut Progress::quiet()).expect("run b");
+    assert_eq!(metrics(&a, "arcface", 3), metrics(&b, "arcface", 3));
+}
+
+#[test]
+fn every_loss_starts_from_the_same_backbone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp_path = tiny_experiment(dir.path(), &["softmax", "arcface"], &[0], 1, 0.05);
+    let experiment = lossbench_experiment::Experiment::load(&exp_path).expect("experiment");
+    let device = burn::prelude::Device::flex();
+    let weights = |loss: &str, seed: u64| -> Vec<f32> {
+        let params = lossbench_registry::resolve_params(loss, &serde_json::Map::new()).expect("params");
+        let net = Net::init(&experiment, loss, &params, 4, seed, &device).expect("net");
+        let mut all = Vec::new();
+        struct Collect<'a>(&'a mut Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::prelude::Tensor<D>>) {
+                let t = p.val();
+                let n = t.shape().num_elements();
+                self.0.extend(t.reshape([n]).into_data().try_into_vec_as::<f32>().expect("f32"));
+            }
+        }
+        burn::module::Module::visit(&net.backbone, &mut Collect(&mut all));
+        all
+    };
+    assert_eq!(weights("softmax", 0), weights("arcface", 0));
+    assert_ne!(weights("softmax", 0), weights("softmax", 1));
+}
+
+#[test]
+fn resume_after_an_interruption_reproduces_the_uninterrupted_metrics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = tiny_experiment(dir.path(), &["sphereface"], &[1], 3, 0.05);
+    let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
+    run_experiment(&exp, &options(&full), &mut Progress::quiet()).expect("full run");
+    // Stop after 2 of 3 epochs, as a crash after epoch 2 would.
+    let mut two = options(&cut);
+    two.epochs = Some(2);
+    run_experiment(&exp, &two, &mut Progress::quiet()).expect("cut run");
+    let run = RunDir::new(&cut.join("tiny"), "sphereface", 1);
+    let mut m = RunManifest::read(&run.manifest()).expect("manifest");
+    m.status = RunStatus::Running;
+    m.epochs = 3;
+    m.write(&run.manifest()).expect("write");
+    // Without --resume an existing run is not overwritten.
+    let err = run_experiment(&exp, &options(&cut), &mut Progress::quiet()).expect("reports");
+    assert_eq!(err[0].status, RunStatus::Failed);
+    assert!(err[0].detail.contains("--resume"), "{}", err[0].detail);
+    let mut resume = options(&cut);
+    resume.resume = true;
+    let reports = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("resume");
+    assert_eq!(reports[0].status, RunStatus::Completed, "{}", reports[0].detail);
+    assert_eq!(metrics(&cut, "sphereface", 1), metrics(&full, "sphereface", 1));
+    // A completed run is skipped on the next --resume.
+    let again = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("again");
+    assert_eq!(again[0].detail, "already completed");
+}
+
+#[test]
+fn a_diverging_run_is_marked_and_the_others_go_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // lr = 1e30 overflows f32 within a step or two.
+    let exp = tiny_experiment(dir.path(), &["softmax", "normface"], &[0, 1], 2, 1e30);
+    let results = dir.path().join("results");
+    let reports = run_experiment(&exp, &options(&results), &mut Progress::quiet()).expect("run");
+    assert_eq!(reports.len(), 4, "every run was attempted");
+    let softmax = RunManifest::read(&RunDir::new(&results.join("tiny"), "softmax", 0).manifest()).expect("manifest");
+    assert_eq!(softmax.status, RunStatus::Diverged);
+    let step = softmax.diverged_at_step.expect("step recorded");
+    assert!(step < 6, "diverged late: step {step}");
+    assert!(reports.iter().all(|r| matches!(r.status, RunStatus::Diverged | RunStatus::Completed)));
+}
+
+#[test]
+fn a_second_process_cannot_take_a_locked_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = RunDir::new(dir.path(), "arcface", 0);
+    let held = RunLock::acquire(&run).expect("first lock");
+    let err = RunLock::acquire(&run).expect_err("second lock").to_string();
+    assert!(err.contains("in use by another lossbench process") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+    drop(held);
+    RunLock::acquire(&run).expect("lock is free again after release");
+}

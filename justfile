@@ -1,0 +1,65 @@
+# lossbench — `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# One cargo target folder outside the clone, shared by every checkout and CI run.
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") / ".cache/lossbench-target")
+
+lossbench := "cargo run --quiet --locked -p lossbench-cli --"
+
+# List the recipes
+default:
+    @just --list
+
+# Build the lossbench binary
+build:
+    cargo build --locked -p lossbench-cli
+
+# Fetch the data if missing, run every (loss, seed) — resuming finished or interrupted runs — and write the report
+reproduce experiment="experiments/cifar100-resnet50-blog.toml" *args="":
+    {{lossbench}} run {{experiment}} --fetch --resume {{args}}
+    {{lossbench}} report {{experiment}}
+
+# The synthetic end-to-end demo: every loss, 2 seeds, report included (under 10 minutes on 2 cores)
+demo results="results" report="reports/demo":
+    {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}}
+    {{lossbench}} report {{results}}/demo --out {{report}}
+
+# Rebuild the report of an experiment from results/ (an experiment file or results/<name>)
+report experiment:
+    {{lossbench}} report {{experiment}}
+
+# Run the test suite
+test:
+    cargo test --locked --workspace
+
+# The slow tests: crash safety (SIGKILL + resume), wgpu parity and training end to end
+test-slow:
+    cargo test --locked --workspace -- --ignored
+
+# Clippy with warnings as errors, and the format check
+lint:
+    cargo clippy --locked --workspace --all-targets -- -D warnings
+    cargo fmt --all -- --check
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Benchmarks: loss heads, training steps and the data path (writes bench/results.json)
+bench *args="":
+    {{lossbench}} bench --out bench/results.json {{args}}
+
+# Benchmarks beside PyTorch in one run (installs torch into ~/.cache/lossbench-torch-venv on first use)
+bench-pytorch *args="":
+    test -x "$HOME/.cache/lossbench-torch-venv/bin/python" || python3 -m venv "$HOME/.cache/lossbench-torch-venv"
+    "$HOME/.cache/lossbench-torch-venv/bin/python" -c "import torch, torchvision" 2>/dev/null || "$HOME/.cache/lossbench-torch-venv/bin/pip" install torch torchvision
+    {{lossbench}} bench --out bench/results.json --pytorch "$HOME/.cache/lossbench-torch-venv/bin/python" {{args}}
+
+# Scaffold a new loss crate NAME (NormFace maths, registry line, test-kit test)
+new-loss name:
+    python3 scripts/new_loss.py {{name}}
+
+# Exactly what CI runs
+ci:
+    bash .ci/run
