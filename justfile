@@ -5,28 +5,30 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # One cargo target folder outside the clone, shared by every checkout and CI run.
 export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") / ".cache/lossbench-target")
 
-lossbench := "cargo run --quiet --locked -p lossbench-cli --"
+# The binary built with the same feature set as the tests (`--all-targets`): building the
+# package alone would unify dependency features differently and rebuild burn from scratch.
+lossbench := CARGO_TARGET_DIR / "debug/lossbench"
 
 # List the recipes
 default:
     @just --list
 
-# Build the lossbench binary
+# Build the lossbench binary (and the tests: one feature set, one build)
 build:
-    cargo build --locked -p lossbench-cli
+    cargo build --locked --workspace --all-targets
 
 # Fetch the data if missing, run every (loss, seed) — resuming finished or interrupted runs — and write the report
-reproduce experiment="experiments/cifar100-resnet50-blog.toml" *args="":
+reproduce experiment="experiments/cifar100-resnet50-blog.toml" *args="": build
     {{lossbench}} run {{experiment}} --fetch --resume {{args}}
     {{lossbench}} report {{experiment}}
 
 # The synthetic end-to-end demo: every loss, 2 seeds, report included (under 10 minutes on 2 cores)
-demo results="results" report="reports/demo":
+demo results="results" report="reports/demo": build
     {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}}
     {{lossbench}} report {{results}}/demo --out {{report}}
 
 # Rebuild the report of an experiment from results/ (an experiment file or results/<name>)
-report experiment:
+report experiment: build
     {{lossbench}} report {{experiment}}
 
 # Run the test suite
@@ -47,11 +49,11 @@ fmt:
     cargo fmt --all
 
 # Benchmarks: loss heads, training steps and the data path (writes bench/results.json)
-bench *args="":
+bench *args="": build
     {{lossbench}} bench --out bench/results.json {{args}}
 
 # Benchmarks beside PyTorch in one run (installs torch into ~/.cache/lossbench-torch-venv on first use)
-bench-pytorch *args="":
+bench-pytorch *args="": build
     test -x "$HOME/.cache/lossbench-torch-venv/bin/python" || python3 -m venv "$HOME/.cache/lossbench-torch-venv"
     "$HOME/.cache/lossbench-torch-venv/bin/python" -c "import torch, torchvision" 2>/dev/null || "$HOME/.cache/lossbench-torch-venv/bin/pip" install torch torchvision
     {{lossbench}} bench --out bench/results.json --pytorch "$HOME/.cache/lossbench-torch-venv/bin/python" {{args}}

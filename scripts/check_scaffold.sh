@@ -8,8 +8,11 @@ lock_copy=$(mktemp)
 cp Cargo.lock "$lock_copy"
 trap 'python3 scripts/remove_loss.py "$name" >/dev/null; cp "$lock_copy" Cargo.lock' EXIT
 python3 scripts/new_loss.py "$name"
-cargo test -q -p "lossbench-$name" -p lossbench-registry
+# The whole workspace, as `just test` builds it: selecting packages would change the
+# unified dependency features and rebuild burn.
+cargo test -q --workspace 2>&1 | tail -n 3
+bin="${CARGO_TARGET_DIR:-$HOME/.cache/lossbench-target}/debug/lossbench"
 echo '{"loss": "scaffold-check", "features": [[1, 0]], "weights": [[1, 0], [0, 1]], "labels": [0]}' \
-  | cargo run -q -p lossbench-cli -- probe --input - | grep -q '"loss"'
-cargo run -q -p lossbench-cli -- losses | grep -qx "$name"
+  | "$bin" probe --input - | grep -q '"loss"'
+"$bin" losses | grep -qx "$name"
 echo "scaffold check passed"

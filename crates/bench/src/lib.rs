@@ -95,29 +95,54 @@ fn time(warmup: usize, repeats: usize, mut f: impl FnMut()) -> (f64, usize) {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} logical CPUs, {}", std::thread::available_parallelism().map_or(1, |n| n.get()), std::env::consts::OS)
+    format!(
+        "{cpu}, {} logical CPUs, {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::consts::OS
+    )
 }
 
 fn random(rows: usize, cols: usize, seed: u64, device: &Device) -> Tensor<2> {
     let mut s = lossbench_rng::Stream::new(seed, lossbench_rng::Purpose::Synthetic, 7);
-    Tensor::from_data(TensorData::new(s.normal_vec(rows * cols, 1.0), [rows, cols]), device)
+    Tensor::from_data(
+        TensorData::new(s.normal_vec(rows * cols, 1.0), [rows, cols]),
+        device,
+    )
 }
 
 /// Loss heads, forward + backward.
 fn heads(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
     let device = Device::flex().autodiff();
-    let shapes: &[(usize, usize, usize)] =
-        if quick { &[(128, 2048, 100), (256, 512, 10_000)] } else { &[(128, 2048, 100), (256, 512, 10_000), (256, 512, 100_000)] };
+    let shapes: &[(usize, usize, usize)] = if quick {
+        &[(128, 2048, 100), (256, 512, 10_000)]
+    } else {
+        &[(128, 2048, 100), (256, 512, 10_000), (256, 512, 100_000)]
+    };
     let repeats = if quick { 3 } else { 5 };
     for &(batch, dim, classes) in shapes {
         let x = random(batch, dim, 1, &device);
-        let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 7919) % classes as i64).collect();
+        let labels: Vec<i64> = (0..batch as i64)
+            .map(|i| (i * 7919) % classes as i64)
+            .collect();
         let labels = Labels::new(&labels, classes, &device)?;
         for spec in LOSSES {
             let params = resolve_params(spec.name, &serde_json::Map::new())?;
-            let head = init_head(spec.name, &params, HeadDims { num_classes: classes, feature_dim: dim }, 3, &device)?;
+            let head = init_head(
+                spec.name,
+                &params,
+                HeadDims {
+                    num_classes: classes,
+                    feature_dim: dim,
+                },
+                3,
+                &device,
+            )?;
             let (seconds, repeats) = time(1, repeats, || {
                 let xr = x.clone().require_grad();
                 let grads = head.loss(xr.clone(), &labels, 100).backward();
@@ -134,7 +159,12 @@ fn heads(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<
                 per_second: None,
                 peak_rss_mib: None,
             };
-            log(&format!("head {:<10} {:<34} {:>9.2} ms", m.name, m.shape, 1e3 * seconds));
+            log(&format!(
+                "head {:<10} {:<34} {:>9.2} ms",
+                m.name,
+                m.shape,
+                1e3 * seconds
+            ));
             out.push(m);
         }
     }
@@ -142,28 +172,53 @@ fn heads(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<
 }
 
 /// Full training steps of the CIFAR ResNets.
-fn train_steps(backends: &[BackendChoice], quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
+fn train_steps(
+    backends: &[BackendChoice],
+    quick: bool,
+    out: &mut Vec<Measurement>,
+    log: &dyn Fn(&str),
+) -> Result<()> {
     let configs: &[(Arch, usize)] = if quick {
         &[(Arch::ResNet18, 64)]
     } else {
-        &[(Arch::ResNet18, 64), (Arch::ResNet18, 128), (Arch::ResNet50, 64), (Arch::ResNet50, 128)]
+        &[
+            (Arch::ResNet18, 64),
+            (Arch::ResNet18, 128),
+            (Arch::ResNet50, 64),
+            (Arch::ResNet50, 128),
+        ]
     };
     for choice in backends {
         let backend = choice.resolve()?;
         let device = backend.device.clone().autodiff();
         for &(arch, batch) in configs {
             let config = ResNetConfig::new(arch);
-            let dims = HeadDims { num_classes: 100, feature_dim: config.feature_dim() };
+            let dims = HeadDims {
+                num_classes: 100,
+                feature_dim: config.feature_dim(),
+            };
             let params = resolve_params("softmax", &serde_json::Map::new())?;
-            let mut net = Net { backbone: config.init(0, &device)?, head: init_head("softmax", &params, dims, 0, &device)? };
-            let images: Vec<f32> = lossbench_rng::Stream::new(1, lossbench_rng::Purpose::Synthetic, 3).normal_vec(batch * 3 * 32 * 32, 1.0);
+            let mut net = Net {
+                backbone: config.init(0, &device)?,
+                head: init_head("softmax", &params, dims, 0, &device)?,
+            };
+            let images: Vec<f32> =
+                lossbench_rng::Stream::new(1, lossbench_rng::Purpose::Synthetic, 3)
+                    .normal_vec(batch * 3 * 32 * 32, 1.0);
             let labels: Vec<i64> = (0..batch as i64).map(|i| i % 100).collect();
             let labels = Labels::new(&labels, 100, &device)?;
             let mut sgd = SgdState::default();
-            let sgd_config = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+            let sgd_config = SgdConfig {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                nesterov: false,
+            };
             reset_peak_rss();
             let (seconds, repeats) = time(1, if quick { 2 } else { 3 }, || {
-                let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [batch, 3, 32, 32]), &device);
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(images.clone(), [batch, 3, 32, 32]),
+                    &device,
+                );
                 let loss = net.head.loss(net.backbone.forward_features(x), &labels, 0);
                 let grads = loss.backward();
                 net = sgd.step(net.clone(), &grads, 0.1, sgd_config);
@@ -179,7 +234,12 @@ fn train_steps(backends: &[BackendChoice], quick: bool, out: &mut Vec<Measuremen
                 per_second: Some(batch as f64 / seconds),
                 peak_rss_mib: peak_rss_mib(),
             };
-            log(&format!("train step {:<9} batch {batch:<4} {:<6} {:>8.1} img/s", m.name, m.backend, batch as f64 / seconds));
+            log(&format!(
+                "train step {:<9} batch {batch:<4} {:<6} {:>8.1} img/s",
+                m.name,
+                m.backend,
+                batch as f64 / seconds
+            ));
             out.push(m);
         }
     }
@@ -189,7 +249,15 @@ fn train_steps(backends: &[BackendChoice], quick: bool, out: &mut Vec<Measuremen
 /// Augment + batch one epoch of a synthetic set held in memory.
 fn data_path(out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("lossbench-bench-data-{}", std::process::id()));
-    synth::write(&dir, synth::SynthConfig { classes: 100, train_per_class: 100, test_per_class: 1, seed: 0 })?;
+    synth::write(
+        &dir,
+        synth::SynthConfig {
+            classes: 100,
+            train_per_class: 100,
+            test_per_class: 1,
+            seed: 0,
+        },
+    )?;
     let set = load(&dir, Kind::Cifar100, Split::Train)?;
     let _ = std::fs::remove_dir_all(&dir);
     let stats = ChannelStats::of(&set);
@@ -211,7 +279,10 @@ fn data_path(out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
         per_second: Some(set.len() as f64 / seconds),
         peak_rss_mib: None,
     };
-    log(&format!("data path {:>10.0} img/s", set.len() as f64 / seconds));
+    log(&format!(
+        "data path {:>10.0} img/s",
+        set.len() as f64 / seconds
+    ));
     out.push(m);
     Ok(())
 }
@@ -224,11 +295,17 @@ fn rayon_threads() -> usize {
 fn pytorch(python: &Path, quick: bool) -> Result<Vec<Measurement>> {
     let out = std::env::temp_dir().join(format!("lossbench-pytorch-{}.json", std::process::id()));
     let mut cmd = std::process::Command::new(python);
-    cmd.arg("bench/pytorch/bench.py").arg("--out").arg(&out).arg("--threads").arg(rayon_threads().to_string());
+    cmd.arg("bench/pytorch/bench.py")
+        .arg("--out")
+        .arg(&out)
+        .arg("--threads")
+        .arg(rayon_threads().to_string());
     if quick {
         cmd.arg("--quick");
     }
-    let status = cmd.status().with_context(|| format!("cannot run {}", python.display()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
     anyhow::ensure!(status.success(), "bench/pytorch/bench.py failed ({status})");
     let bytes = std::fs::read(&out)?;
     let _ = std::fs::remove_file(&out);
@@ -245,17 +322,29 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
         Some(python) => pytorch(python, options.quick)?,
         None => Vec::new(),
     };
-    Ok(Report { machine: machine(), threads: rayon_threads(), lossbench, pytorch })
+    Ok(Report {
+        machine: machine(),
+        threads: rayon_threads(),
+        lossbench,
+        pytorch,
+    })
 }
 
 /// The Markdown table: lossbench, PyTorch where measured, and their ratio.
 #[must_use]
 pub fn markdown(report: &Report) -> String {
-    let mut s = format!("Machine: {}; {} threads.\n\n", report.machine, report.threads);
+    let mut s = format!(
+        "Machine: {}; {} threads.\n\n",
+        report.machine, report.threads
+    );
     s.push_str("| benchmark | case | backend | lossbench | vs softmax | PyTorch | lossbench / PyTorch time |\n|---|---|---|---:|---:|---:|---:|\n");
     for m in &report.lossbench {
         let value = match m.per_second {
-            Some(p) => format!("{p:.1} img/s{}", m.peak_rss_mib.map_or(String::new(), |r| format!(", peak {r:.0} MiB"))),
+            Some(p) => format!(
+                "{p:.1} img/s{}",
+                m.peak_rss_mib
+                    .map_or(String::new(), |r| format!(", peak {r:.0} MiB"))
+            ),
             None => format!("{:.2} ms", 1e3 * m.median_seconds),
         };
         let vs_softmax = if m.group == "head" {
@@ -263,11 +352,16 @@ pub fn markdown(report: &Report) -> String {
                 .lossbench
                 .iter()
                 .find(|b| b.group == "head" && b.name == "softmax" && b.shape == m.shape)
-                .map_or("—".into(), |b| format!("{:.2}×", m.median_seconds / b.median_seconds))
+                .map_or("—".into(), |b| {
+                    format!("{:.2}×", m.median_seconds / b.median_seconds)
+                })
         } else {
             "—".into()
         };
-        let torch = report.pytorch.iter().find(|p| p.group == m.group && p.name == m.name && p.shape == m.shape);
+        let torch = report
+            .pytorch
+            .iter()
+            .find(|p| p.group == m.group && p.name == m.name && p.shape == m.shape);
         let (t, ratio) = torch.map_or(("—".into(), "—".into()), |p| {
             let v = match p.per_second {
                 Some(x) => format!("{x:.1} img/s"),
@@ -275,7 +369,10 @@ pub fn markdown(report: &Report) -> String {
             };
             (v, format!("{:.2}", m.median_seconds / p.median_seconds))
         });
-        s.push_str(&format!("| {} | {} {} | {} | {value} | {vs_softmax} | {t} | {ratio} |\n", m.group, m.name, m.shape, m.backend));
+        s.push_str(&format!(
+            "| {} | {} {} | {} | {value} | {vs_softmax} | {t} | {ratio} |\n",
+            m.group, m.name, m.shape, m.backend
+        ));
     }
     s
 }

@@ -126,7 +126,11 @@ enum DataCommand {
 }
 
 fn kind(name: &str) -> Kind {
-    if name == "cifar10" { Kind::Cifar10 } else { Kind::Cifar100 }
+    if name == "cifar10" {
+        Kind::Cifar10
+    } else {
+        Kind::Cifar100
+    }
 }
 
 fn losses() {
@@ -137,7 +141,10 @@ fn losses() {
             println!("  (no parameters)");
         }
         for p in spec.params {
-            println!("  {:<13} default {:<8} {} ({})", p.name, p.default, p.help, p.allowed);
+            println!(
+                "  {:<13} default {:<8} {} ({})",
+                p.name, p.default, p.help, p.allowed
+            );
         }
     }
 }
@@ -151,13 +158,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let kind = kind(&set);
                 let outcome = fetch::fetch(&dir, kind, &fetch::Source::official(kind), true)?;
                 match outcome {
-                    fetch::Outcome::AlreadyPresent(p) => println!("{} is already present and verified", p.display()),
-                    fetch::Outcome::ExtractedLocalArchive(p) => println!("extracted the local archive into {}", p.display()),
-                    fetch::Outcome::Downloaded(p) => println!("downloaded, verified and extracted into {}", p.display()),
+                    fetch::Outcome::AlreadyPresent(p) => {
+                        println!("{} is already present and verified", p.display())
+                    }
+                    fetch::Outcome::ExtractedLocalArchive(p) => {
+                        println!("extracted the local archive into {}", p.display())
+                    }
+                    fetch::Outcome::Downloaded(p) => {
+                        println!("downloaded, verified and extracted into {}", p.display())
+                    }
                 }
             }
-            DataCommand::Synth { out, classes, train_per_class, test_per_class, seed } => {
-                let m = synth::write(&out, synth::SynthConfig { classes, train_per_class, test_per_class, seed })?;
+            DataCommand::Synth {
+                out,
+                classes,
+                train_per_class,
+                test_per_class,
+                seed,
+            } => {
+                let m = synth::write(
+                    &out,
+                    synth::SynthConfig {
+                        classes,
+                        train_per_class,
+                        test_per_class,
+                        seed,
+                    },
+                )?;
                 println!(
                     "wrote a synthetic CIFAR-100-format set to {}: {} classes, {} train and {} test images",
                     out.display(),
@@ -171,30 +198,83 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{summary}");
             }
         },
-        Command::Run { experiment, losses, seeds, backend, epochs, data_dir, results, resume, fetch } => {
-            let options = RunOptions { losses, seeds, backend: backend.parse::<BackendChoice>()?, epochs, data_dir, results, resume, fetch };
+        Command::Run {
+            experiment,
+            losses,
+            seeds,
+            backend,
+            epochs,
+            data_dir,
+            results,
+            resume,
+            fetch,
+        } => {
+            let options = RunOptions {
+                losses,
+                seeds,
+                backend: backend.parse::<BackendChoice>()?,
+                epochs,
+                data_dir,
+                results,
+                resume,
+                fetch,
+            };
             let mut progress = Progress::auto();
             let reports = run_experiment(&experiment, &options, &mut progress)?;
-            println!("{:<12} {:>6}  {:<10} detail", "loss", "seed", "status");
+            let width = reports
+                .iter()
+                .map(|r| r.loss.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!("{:<width$} {:>6}  {:<10} detail", "loss", "seed", "status");
             for r in &reports {
-                println!("{:<12} {:>6}  {:<10} {}", r.loss, r.seed, format!("{:?}", r.status).to_lowercase(), r.detail);
+                println!(
+                    "{:<width$} {:>6}  {:<10} {}",
+                    r.loss,
+                    r.seed,
+                    format!("{:?}", r.status).to_lowercase(),
+                    r.detail
+                );
             }
             if reports.iter().any(|r| r.status == RunStatus::Failed) {
-                eprintln!("error: some runs failed (see above); finished runs are kept, rerun with --resume");
+                eprintln!(
+                    "error: some runs failed (see above); finished runs are kept, rerun with --resume"
+                );
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Bench { out, backends, quick, pytorch } => {
-            let backends = backends.iter().map(|b| b.parse::<BackendChoice>()).collect::<Result<Vec<_>>>()?;
-            let report = lossbench_bench::run(&lossbench_bench::Options { backends, quick, pytorch }, &|line| eprintln!("{line}"))?;
+        Command::Bench {
+            out,
+            backends,
+            quick,
+            pytorch,
+        } => {
+            let backends = backends
+                .iter()
+                .map(|b| b.parse::<BackendChoice>())
+                .collect::<Result<Vec<_>>>()?;
+            let report = lossbench_bench::run(
+                &lossbench_bench::Options {
+                    backends,
+                    quick,
+                    pytorch,
+                },
+                &|line| eprintln!("{line}"),
+            )?;
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             lossbench_experiment::atomic_write(&out, &serde_json::to_vec_pretty(&report)?)?;
             print!("{}", lossbench_bench::markdown(&report));
             println!("\n(results written to {})", out.display());
         }
-        Command::Report { source, out, results } => {
+        Command::Report {
+            source,
+            out,
+            results,
+        } => {
             let built = lossbench_report::build_from(&source, &results, out.as_deref())
                 .with_context(|| format!("cannot build the report of {}", source.display()))?;
             println!("{built}");

@@ -28,15 +28,26 @@ struct ProbeInput {
 fn evaluate(path: &Path) -> Result<String, String> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("cannot read standard input: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
         s
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    let input: ProbeInput = serde_json::from_str(&text).map_err(|e| format!("{}: invalid probe input: {e}", path.display()))?;
-    let params = lossbench_registry::resolve_params(&input.loss, &input.params).map_err(|e| e.to_string())?;
-    let case = Case { features: input.features, weights: input.weights, bias: input.bias, labels: input.labels, iteration: input.iteration };
-    let out = lossbench_registry::evaluate_named(&input.loss, &params, &case, &Device::flex()).map_err(|e| e.to_string())?;
+    let input: ProbeInput = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: invalid probe input: {e}", path.display()))?;
+    let params = lossbench_registry::resolve_params(&input.loss, &input.params)
+        .map_err(|e| e.to_string())?;
+    let case = Case {
+        features: input.features,
+        weights: input.weights,
+        bias: input.bias,
+        labels: input.labels,
+        iteration: input.iteration,
+    };
+    let out = lossbench_registry::evaluate_named(&input.loss, &params, &case, &Device::flex())
+        .map_err(|e| e.to_string())?;
     serde_json::to_string(&out).map_err(|e| e.to_string())
 }
 

@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn lossbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossbench")).args(args).output().expect("run lossbench")
+    Command::new(env!("CARGO_BIN_EXE_lossbench"))
+        .args(args)
+        .output()
+        .expect("run lossbench")
 }
 
 fn probe_text(text: &str) -> Output {
@@ -17,7 +20,10 @@ fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "wanted `{needle}` in: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "wanted `{needle}` in: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -28,15 +34,36 @@ fn probe_rejects_bad_input_with_exit_code_2() {
     assert_eq!(probe_text(GOOD).status.code(), Some(0));
     for (text, needle) in [
         (GOOD.replace("arcface", "arcfase"), "unknown loss `arcfase`"),
-        (GOOD.replace("[[1, 0], [0, 1]]", "[[1, 0], [0]]"), "`features` is ragged"),
-        (GOOD.replace("[[1, 0], [0, 1], [1, 1]]", "[[1, 0, 0], [0, 1, 0]]"), "features have 2 columns but weights have 3"),
-        (GOOD.replace("[0, 2]", "[0, 3]"), "label 3 at position 1 is out of range"),
+        (
+            GOOD.replace("[[1, 0], [0, 1]]", "[[1, 0], [0]]"),
+            "`features` is ragged",
+        ),
+        (
+            GOOD.replace("[[1, 0], [0, 1], [1, 1]]", "[[1, 0, 0], [0, 1, 0]]"),
+            "features have 2 columns but weights have 3",
+        ),
+        (
+            GOOD.replace("[0, 2]", "[0, 3]"),
+            "label 3 at position 1 is out of range",
+        ),
         (GOOD.replace("[0, 2]", "[0]"), "1 labels for 2 feature rows"),
-        (GOOD.replace("\"labels\"", "\"params\": {\"m\": 4}, \"labels\""), "parameter `m` = 4 is invalid: must be in [0, π)"),
-        (GOOD.replace("\"labels\"", "\"params\": {\"q\": 1}, \"labels\""), "has no parameter `q`"),
-        (GOOD.replace("\"labels\"", "\"extra\": 1, \"labels\""), "unknown field `extra`"),
+        (
+            GOOD.replace("\"labels\"", "\"params\": {\"m\": 4}, \"labels\""),
+            "parameter `m` = 4 is invalid: must be in [0, π)",
+        ),
+        (
+            GOOD.replace("\"labels\"", "\"params\": {\"q\": 1}, \"labels\""),
+            "has no parameter `q`",
+        ),
+        (
+            GOOD.replace("\"labels\"", "\"extra\": 1, \"labels\""),
+            "unknown field `extra`",
+        ),
         ("{\"loss\": ".to_string(), "invalid probe input"),
-        (GOOD.replace("\"labels\"", "\"bias\": [0, 0, 0], \"labels\""), "has no bias"),
+        (
+            GOOD.replace("\"labels\"", "\"bias\": [0, 0, 0], \"labels\""),
+            "has no bias",
+        ),
     ] {
         assert_one_line_error(&probe_text(&text), 2, needle);
     }
@@ -48,9 +75,15 @@ fn losses_lists_every_loss_with_defaults() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for name in ["softmax", "normface", "sphereface", "cosface", "arcface"] {
-        assert!(text.lines().any(|l| l == name), "{name} missing from:\n{text}");
+        assert!(
+            text.lines().any(|l| l == name),
+            "{name} missing from:\n{text}"
+        );
     }
-    assert!(text.contains("lambda_base") && text.contains("default 1000"), "{text}");
+    assert!(
+        text.contains("lambda_base") && text.contains("default 1000"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -58,11 +91,84 @@ fn run_and_report_reject_bad_files_in_one_line() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\nbogus = 1\n").expect("write");
-    assert_one_line_error(&lossbench(&["run", bad.to_str().expect("utf-8")]), 1, "bad.toml:");
+    assert_one_line_error(
+        &lossbench(&["run", bad.to_str().expect("utf-8")]),
+        1,
+        "bad.toml:",
+    );
     let missing = dir.path().join("nope.toml");
-    assert_one_line_error(&lossbench(&["run", missing.to_str().expect("utf-8")]), 1, "nope.toml");
+    assert_one_line_error(
+        &lossbench(&["run", missing.to_str().expect("utf-8")]),
+        1,
+        "nope.toml",
+    );
     let empty = dir.path().join("results-empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
-    assert_one_line_error(&lossbench(&["report", empty.to_str().expect("utf-8")]), 1, "not a results folder");
-    assert_one_line_error(&lossbench(&["data", "verify", dir.path().to_str().expect("utf-8")]), 1, "train.bin: missing");
+    assert_one_line_error(
+        &lossbench(&["report", empty.to_str().expect("utf-8")]),
+        1,
+        "not a results folder",
+    );
+    assert_one_line_error(
+        &lossbench(&["data", "verify", dir.path().to_str().expect("utf-8")]),
+        1,
+        "train.bin: missing",
+    );
+}
+
+#[test]
+fn probe_answers_for_every_registered_loss() {
+    let out = lossbench(&["losses"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert!(names.len() >= 9, "{names:?}");
+    for name in names {
+        let rows = if name == "subcenter-arcface" {
+            "[[1, 0], [0, 1], [1, 1], [0.5, -1], [-1, 0.2], [0.3, 0.3]]"
+        } else {
+            "[[1, 0], [0, 1], [1, 1]]"
+        };
+        let input = format!(
+            r#"{{"loss": "{name}", "features": [[1, 0.5], [0.2, 1]], "weights": {rows}, "labels": [0, 1]}}"#
+        );
+        let out = probe_text(&input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        assert!(
+            v["loss"].as_f64().is_some_and(f64::is_finite),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn unwritable_results_folder_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").expect("write");
+    let exp = dir.path().join("e.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name = \"e\"\nseeds = [0]\n[data]\nset = \"cifar100\"\ndir = \"{}\"\nsynthetic = {{ classes = 3, train_per_class = 2, test_per_class = 1 }}\n[model]\narch = \"resnet18\"\nwidth = 0.0625\n[training]\nepochs = 1\nbatch_size = 4\nlr = 0.1\nschedule = {{ kind = \"constant\" }}\n[[losses]]\nname = \"softmax\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write");
+    let results = blocker.join("results");
+    let out = lossbench(&[
+        "run",
+        exp.to_str().expect("utf-8"),
+        "--backend",
+        "flex",
+        "--results",
+        results.to_str().expect("utf-8"),
+    ]);
+    assert_one_line_error(&out, 1, "cannot create");
 }

@@ -15,7 +15,7 @@ seeds = [0]
 [data]
 set = "cifar100"
 dir = "{}"
-synthetic = {{ classes = 5, train_per_class = 60, test_per_class = 10, seed = 2 }}
+synthetic = {{ classes = 5, train_per_class = 120, test_per_class = 10, seed = 2 }}
 
 [model]
 arch = "resnet18"
@@ -41,11 +41,21 @@ params = {{ s = 8.0, m = 0.2 }}
 
 fn run(exp: &Path, results: &Path, resume: bool) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lossbench"));
-    cmd.args(["run", exp.to_str().expect("utf-8"), "--backend", "flex", "--results", results.to_str().expect("utf-8")]);
+    cmd.args([
+        "run",
+        exp.to_str().expect("utf-8"),
+        "--backend",
+        "flex",
+        "--results",
+        results.to_str().expect("utf-8"),
+    ]);
     if resume {
         cmd.arg("--resume");
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn")
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn")
 }
 
 fn rows(results: &Path) -> Vec<EpochRecord> {
@@ -78,29 +88,50 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
         if done >= 2 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "run made no progress");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "run made no progress"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(150));
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let partial = rows(&cut);
-    assert!((2..5).contains(&partial.len()), "{} epochs on disk after the kill", partial.len());
-    assert_eq!(partial[..], reference[..partial.len()], "finished epochs before the crash are exact");
-    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest()).expect("run.json readable");
+    assert!(
+        (2..5).contains(&partial.len()),
+        "{} epochs on disk after the kill",
+        partial.len()
+    );
+    assert_eq!(
+        partial[..],
+        reference[..partial.len()],
+        "finished epochs before the crash are exact"
+    );
+    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest())
+        .expect("run.json readable");
     assert_eq!(manifest.status, RunStatus::Running);
 
     // Corrupt the newest checkpoint: resume must fall back to the previous one.
     let ckpts = RunDir::new(&cut.join("crash"), "cosface", 0).checkpoints();
-    let mut files: Vec<_> = std::fs::read_dir(&ckpts).expect("ls").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "ckpt")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&ckpts)
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .collect();
     files.sort();
     let newest = files.last().expect("a checkpoint").clone();
     let bytes = std::fs::read(&newest).expect("read");
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).expect("truncate");
 
     assert!(run(&exp, &cut, true).wait().expect("wait").success());
-    assert_eq!(rows(&cut), reference, "resumed run differs from the uninterrupted one");
-    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest()).expect("run.json");
+    assert_eq!(
+        rows(&cut),
+        reference,
+        "resumed run differs from the uninterrupted one"
+    );
+    let manifest = RunManifest::read(&RunDir::new(&cut.join("crash"), "cosface", 0).manifest())
+        .expect("run.json");
     assert_eq!(manifest.status, RunStatus::Completed);
 }
 
@@ -118,12 +149,23 @@ fn a_second_process_on_the_same_run_refuses() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(["run", exp.to_str().expect("utf-8"), "--backend", "flex", "--resume", "--results", results.to_str().expect("utf-8")])
+        .args([
+            "run",
+            exp.to_str().expect("utf-8"),
+            "--backend",
+            "flex",
+            "--resume",
+            "--results",
+            results.to_str().expect("utf-8"),
+        ])
         .output()
         .expect("second");
     first.kill().expect("kill");
     first.wait().expect("reap");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.contains("in use by another lossbench process"), "{stdout}");
+    assert!(
+        stdout.contains("in use by another lossbench process"),
+        "{stdout}"
+    );
 }

@@ -39,14 +39,17 @@ impl ChannelStats {
         let n = (set.len() * plane).max(1) as f64;
         let mean = sum.map(|s| s / n);
         let std = [0, 1, 2].map(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-12).sqrt());
-        Self { mean: mean.map(|m| m as f32), std: std.map(|s| s as f32) }
+        Self {
+            mean: mean.map(|m| m as f32),
+            std: std.map(|s| s as f32),
+        }
     }
 
     /// Lookup tables: normalised value of every byte, per channel.
     fn tables(&self) -> [[f32; 256]; 3] {
         let mut t = [[0f32; 256]; 3];
-        for ch in 0..3 {
-            for (b, v) in t[ch].iter_mut().enumerate() {
+        for (ch, table) in t.iter_mut().enumerate() {
+            for (b, v) in table.iter_mut().enumerate() {
                 *v = (b as f32 / 255.0 - self.mean[ch]) / self.std[ch];
             }
         }
@@ -61,7 +64,14 @@ pub fn normalize_image(src: &[u8], stats: &ChannelStats, out: &mut [f32]) {
 
 /// Crop at offset `(dx, dy)` in `0..=2·PAD` of the zero-padded image, flip if asked, and
 /// normalise into `out` (channel-planar, [`IMAGE_BYTES`] values).
-pub fn augment_image(src: &[u8], stats: &ChannelStats, dx: usize, dy: usize, flip: bool, out: &mut [f32]) {
+pub fn augment_image(
+    src: &[u8],
+    stats: &ChannelStats,
+    dx: usize,
+    dy: usize,
+    flip: bool,
+    out: &mut [f32],
+) {
     debug_assert!(dx <= 2 * PAD && dy <= 2 * PAD);
     let tables = stats.tables();
     let plane = IMAGE_SIDE * IMAGE_SIDE;
@@ -80,7 +90,11 @@ pub fn augment_image(src: &[u8], stats: &ChannelStats, dx: usize, dy: usize, fli
             for (x, v) in row.iter_mut().enumerate() {
                 let cx = if flip { IMAGE_SIDE - 1 - x } else { x };
                 let sx = (cx + dx).wrapping_sub(PAD);
-                *v = if sx < IMAGE_SIDE { table[usize::from(src_row[sx])] } else { zero };
+                *v = if sx < IMAGE_SIDE {
+                    table[usize::from(src_row[sx])]
+                } else {
+                    zero
+                };
             }
         }
     }
@@ -90,11 +104,16 @@ pub fn augment_image(src: &[u8], stats: &ChannelStats, dx: usize, dy: usize, fli
 mod tests {
     use super::*;
 
-    const UNIT: ChannelStats = ChannelStats { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
+    const UNIT: ChannelStats = ChannelStats {
+        mean: [0.0; 3],
+        std: [1.0 / 255.0; 3],
+    };
 
     /// An image whose pixel value encodes its position: channel·100 + row·3 + col (mod 256).
     fn known_image() -> Vec<u8> {
-        (0..IMAGE_BYTES).map(|i| ((i / 1024) * 100 + (i % 1024 / 32) * 3 + i % 32) as u8).collect()
+        (0..IMAGE_BYTES)
+            .map(|i| ((i / 1024) * 100 + (i % 1024 / 32) * 3 + i % 32) as u8)
+            .collect()
     }
 
     fn at(out: &[f32], ch: usize, y: usize, x: usize) -> f32 {
@@ -143,7 +162,10 @@ mod tests {
 
     #[test]
     fn normalisation_uses_channel_stats() {
-        let stats = ChannelStats { mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0] };
+        let stats = ChannelStats {
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 1.0],
+        };
         let img = vec![255u8; IMAGE_BYTES];
         let mut out = vec![0.0; IMAGE_BYTES];
         normalize_image(&img, &stats, &mut out);

@@ -49,15 +49,33 @@ pub struct Batcher<'a> {
 impl<'a> Batcher<'a> {
     /// Shuffled, augmented batches of `epoch`. The last batch may be smaller.
     #[must_use]
-    pub fn train(set: &'a DataSet, stats: ChannelStats, batch_size: usize, seed: u64, epoch: u64) -> Self {
+    pub fn train(
+        set: &'a DataSet,
+        stats: ChannelStats,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+    ) -> Self {
         let order = epoch_order(seed, epoch, set.len());
-        Self { set, stats, batch_size: batch_size.max(1), augment: Some((seed, epoch)), order }
+        Self {
+            set,
+            stats,
+            batch_size: batch_size.max(1),
+            augment: Some((seed, epoch)),
+            order,
+        }
     }
 
     /// Batches in file order, only normalised (evaluation).
     #[must_use]
     pub fn eval(set: &'a DataSet, stats: ChannelStats, batch_size: usize) -> Self {
-        Self { set, stats, batch_size: batch_size.max(1), augment: None, order: (0..set.len() as u32).collect() }
+        Self {
+            set,
+            stats,
+            batch_size: batch_size.max(1),
+            augment: None,
+            order: (0..set.len() as u32).collect(),
+        }
     }
 
     /// Number of batches.
@@ -76,22 +94,32 @@ impl<'a> Batcher<'a> {
     #[must_use]
     pub fn batch(&self, index: usize) -> Batch {
         let start = index * self.batch_size;
-        let ids = &self.order[start.min(self.order.len())..(start + self.batch_size).min(self.order.len())];
+        let ids = &self.order
+            [start.min(self.order.len())..(start + self.batch_size).min(self.order.len())];
         let mut images = vec![0f32; ids.len() * IMAGE_BYTES];
-        images.par_chunks_mut(IMAGE_BYTES).zip(ids.par_iter()).for_each(|(out, &id)| {
-            let src = self.set.image(id as usize);
-            match self.augment {
-                Some((seed, epoch)) => {
-                    let mut s = Stream::new(seed, Purpose::Augment, epoch).sub(u64::from(id));
-                    let dx = s.below(2 * PAD as u64 + 1) as usize;
-                    let dy = s.below(2 * PAD as u64 + 1) as usize;
-                    let flip = s.below(2) == 1;
-                    augment_image(src, &self.stats, dx, dy, flip, out);
+        images
+            .par_chunks_mut(IMAGE_BYTES)
+            .zip(ids.par_iter())
+            .for_each(|(out, &id)| {
+                let src = self.set.image(id as usize);
+                match self.augment {
+                    Some((seed, epoch)) => {
+                        let mut s = Stream::new(seed, Purpose::Augment, epoch).sub(u64::from(id));
+                        let dx = s.below(2 * PAD as u64 + 1) as usize;
+                        let dy = s.below(2 * PAD as u64 + 1) as usize;
+                        let flip = s.below(2) == 1;
+                        augment_image(src, &self.stats, dx, dy, flip, out);
+                    }
+                    None => normalize_image(src, &self.stats, out),
                 }
-                None => normalize_image(src, &self.stats, out),
-            }
-        });
-        Batch { images, labels: ids.iter().map(|&i| i64::from(self.set.labels[i as usize])).collect() }
+            });
+        Batch {
+            images,
+            labels: ids
+                .iter()
+                .map(|&i| i64::from(self.set.labels[i as usize]))
+                .collect(),
+        }
     }
 
     /// All batches in order.
@@ -108,7 +136,16 @@ mod tests {
 
     fn set() -> (tempfile::TempDir, DataSet) {
         let dir = tempfile::tempdir().expect("tmp");
-        write(dir.path(), SynthConfig { classes: 4, train_per_class: 10, test_per_class: 2, seed: 3 }).expect("synth");
+        write(
+            dir.path(),
+            SynthConfig {
+                classes: 4,
+                train_per_class: 10,
+                test_per_class: 2,
+                seed: 3,
+            },
+        )
+        .expect("synth");
         let set = load(dir.path(), Kind::Cifar100, Split::Train).expect("load");
         (dir, set)
     }
@@ -130,8 +167,14 @@ mod tests {
     fn thread_count_does_not_change_batches() {
         let (_dir, set) = set();
         let stats = ChannelStats::of(&set);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
-        let many = rayon::ThreadPoolBuilder::new().num_threads(4).build().expect("pool");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        let many = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .expect("pool");
         let a = one.install(|| Batcher::train(&set, stats, 40, 1, 0).batch(0));
         let b = many.install(|| Batcher::train(&set, stats, 40, 1, 0).batch(0));
         assert_eq!(a, b);
@@ -140,7 +183,10 @@ mod tests {
     #[test]
     fn an_epoch_visits_every_image_once() {
         let (_dir, set) = set();
-        let mut labels: Vec<i64> = Batcher::train(&set, ChannelStats::of(&set), 7, 9, 0).iter().flat_map(|b| b.labels).collect();
+        let mut labels: Vec<i64> = Batcher::train(&set, ChannelStats::of(&set), 7, 9, 0)
+            .iter()
+            .flat_map(|b| b.labels)
+            .collect();
         labels.sort_unstable();
         let mut want: Vec<i64> = set.labels.iter().map(|&l| i64::from(l)).collect();
         want.sort_unstable();

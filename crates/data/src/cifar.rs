@@ -141,16 +141,27 @@ impl DataSet {
 }
 
 /// Read one binary file, checking record size and label ranges.
-fn read_file(path: &Path, kind: Kind, num_classes: usize, out: &mut DataSet) -> Result<usize, DataError> {
+fn read_file(
+    path: &Path,
+    kind: Kind,
+    num_classes: usize,
+    out: &mut DataSet,
+) -> Result<usize, DataError> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::Missing {
             path: path.to_path_buf(),
-            hint: format!("run `lossbench data fetch {}` or `lossbench data synth`", kind.name()),
+            hint: format!(
+                "run `lossbench data fetch {}` or `lossbench data synth`",
+                kind.name()
+            ),
         },
-        _ => DataError::Io { path: path.to_path_buf(), source: e },
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
     let record = kind.record_bytes();
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             size: bytes.len() as u64,
@@ -163,7 +174,14 @@ fn read_file(path: &Path, kind: Kind, num_classes: usize, out: &mut DataSet) -> 
     out.labels.reserve(n);
     for (index, rec) in bytes.chunks_exact(record).enumerate() {
         let offset = (index * record) as u64;
-        let bad = |what, label, limit| DataError::BadLabel { path: path.to_path_buf(), index, offset, what, label, limit };
+        let bad = |what, label, limit| DataError::BadLabel {
+            path: path.to_path_buf(),
+            index,
+            offset,
+            what,
+            label,
+            limit,
+        };
         let fine = match kind {
             Kind::Cifar10 => rec[0],
             Kind::Cifar100 => {
@@ -174,7 +192,15 @@ fn read_file(path: &Path, kind: Kind, num_classes: usize, out: &mut DataSet) -> 
             }
         };
         if usize::from(fine) >= num_classes {
-            return Err(bad(if kind == Kind::Cifar10 { "class" } else { "fine" }, fine, num_classes));
+            return Err(bad(
+                if kind == Kind::Cifar10 {
+                    "class"
+                } else {
+                    "fine"
+                },
+                fine,
+                num_classes,
+            ));
         }
         out.labels.push(fine);
         out.images.extend_from_slice(&rec[kind.label_bytes()..]);
@@ -200,7 +226,14 @@ pub fn load(dir: &Path, kind: Kind, split: Split) -> Result<DataSet, DataError> 
             kind.name()
         )));
     }
-    let mut set = DataSet { kind, split, num_classes, images: Vec::new(), labels: Vec::new(), synthetic };
+    let mut set = DataSet {
+        kind,
+        split,
+        num_classes,
+        images: Vec::new(),
+        labels: Vec::new(),
+        synthetic,
+    };
     for (file, expected) in kind.files(split) {
         let path: PathBuf = dir.join(file);
         let found = read_file(&path, kind, num_classes, &mut set)?;
@@ -213,7 +246,11 @@ pub fn load(dir: &Path, kind: Kind, split: Split) -> Result<DataSet, DataError> 
                 path,
                 found,
                 expected,
-                hint: if manifest.is_some() { " (per the synthetic manifest)" } else { " (the official count)" },
+                hint: if manifest.is_some() {
+                    " (per the synthetic manifest)"
+                } else {
+                    " (the official count)"
+                },
             });
         }
     }
@@ -230,12 +267,29 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} ({})", self.kind.name(), if self.synthetic { "synthetic" } else { "official" })?;
+        writeln!(
+            f,
+            "{} ({})",
+            self.kind.name(),
+            if self.synthetic {
+                "synthetic"
+            } else {
+                "official"
+            }
+        )?;
         for (split, n, counts) in &self.splits {
             let min = counts.iter().min().copied().unwrap_or(0);
             let max = counts.iter().max().copied().unwrap_or(0);
-            let balance = if min == max { "balanced".to_string() } else { "UNBALANCED".to_string() };
-            writeln!(f, "  {split:<5} {n:>6} images, {} classes, {min}..{max} per class ({balance})", counts.len())?;
+            let balance = if min == max {
+                "balanced".to_string()
+            } else {
+                "UNBALANCED".to_string()
+            };
+            writeln!(
+                f,
+                "  {split:<5} {n:>6} images, {} classes, {min}..{max} per class ({balance})",
+                counts.len()
+            )?;
         }
         Ok(())
     }
@@ -250,7 +304,11 @@ pub fn verify(dir: &Path, kind: Kind) -> Result<Summary, DataError> {
         synthetic = set.synthetic;
         splits.push((split, set.len(), set.class_counts()));
     }
-    Ok(Summary { kind, synthetic, splits })
+    Ok(Summary {
+        kind,
+        synthetic,
+        splits,
+    })
 }
 
 #[cfg(test)]
@@ -268,9 +326,16 @@ mod tests {
     }
 
     fn write_manifest(dir: &Path, classes: usize, train: usize, test: usize) {
-        SynthManifest { kind: Kind::Cifar100, classes, train_per_class: train, test_per_class: test, seed: 0, format: 1 }
-            .write(dir)
-            .expect("manifest");
+        SynthManifest {
+            kind: Kind::Cifar100,
+            classes,
+            train_per_class: train,
+            test_per_class: test,
+            seed: 0,
+            format: 1,
+        }
+        .write(dir)
+        .expect("manifest");
     }
 
     #[test]
@@ -293,8 +358,13 @@ mod tests {
         let path = dir.path().join("train.bin");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("truncate");
-        let err = load(dir.path(), Kind::Cifar100, Split::Train).expect_err("truncated accepted").to_string();
-        assert!(err.contains("train.bin") && err.contains("not a whole number of 3074-byte records"), "{err}");
+        let err = load(dir.path(), Kind::Cifar100, Split::Train)
+            .expect_err("truncated accepted")
+            .to_string();
+        assert!(
+            err.contains("train.bin") && err.contains("not a whole number of 3074-byte records"),
+            "{err}"
+        );
         assert!(err.contains("offset 3074"), "{err}");
     }
 
@@ -302,10 +372,17 @@ mod tests {
     fn bad_labels_name_record_and_offset() {
         let dir = tempfile::tempdir().expect("tmp");
         write_records(dir.path(), "train.bin", &[(0, 0), (0, 100)]);
-        let err = load(dir.path(), Kind::Cifar100, Split::Train).expect_err("bad label accepted").to_string();
-        assert!(err.contains("record 1 at offset 3074 has fine label 100, expected < 100"), "{err}");
+        let err = load(dir.path(), Kind::Cifar100, Split::Train)
+            .expect_err("bad label accepted")
+            .to_string();
+        assert!(
+            err.contains("record 1 at offset 3074 has fine label 100, expected < 100"),
+            "{err}"
+        );
         write_records(dir.path(), "train.bin", &[(20, 0)]);
-        let err = load(dir.path(), Kind::Cifar100, Split::Train).expect_err("bad coarse accepted").to_string();
+        let err = load(dir.path(), Kind::Cifar100, Split::Train)
+            .expect_err("bad coarse accepted")
+            .to_string();
         assert!(err.contains("coarse label 20"), "{err}");
     }
 
@@ -313,15 +390,25 @@ mod tests {
     fn real_sets_must_have_official_counts() {
         let dir = tempfile::tempdir().expect("tmp");
         write_records(dir.path(), "train.bin", &[(0, 0), (0, 1)]);
-        let err = load(dir.path(), Kind::Cifar100, Split::Train).expect_err("2 images accepted").to_string();
-        assert!(err.contains("2 records, expected 50000 (the official count)"), "{err}");
+        let err = load(dir.path(), Kind::Cifar100, Split::Train)
+            .expect_err("2 images accepted")
+            .to_string();
+        assert!(
+            err.contains("2 records, expected 50000 (the official count)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_file_says_how_to_get_it() {
         let dir = tempfile::tempdir().expect("tmp");
-        let err = load(dir.path(), Kind::Cifar10, Split::Test).expect_err("missing accepted").to_string();
-        assert!(err.contains("test_batch.bin: missing") && err.contains("lossbench data fetch cifar10"), "{err}");
+        let err = load(dir.path(), Kind::Cifar10, Split::Test)
+            .expect_err("missing accepted")
+            .to_string();
+        assert!(
+            err.contains("test_batch.bin: missing") && err.contains("lossbench data fetch cifar10"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -330,12 +417,35 @@ mod tests {
         let mut bytes = vec![9u8];
         bytes.extend(std::iter::repeat_n(7u8, IMAGE_BYTES));
         std::fs::write(dir.path().join("test_batch.bin"), &bytes).expect("write");
-        let mut set = DataSet { kind: Kind::Cifar10, split: Split::Test, num_classes: 10, images: vec![], labels: vec![], synthetic: false };
-        assert_eq!(read_file(&dir.path().join("test_batch.bin"), Kind::Cifar10, 10, &mut set).expect("valid"), 1);
+        let mut set = DataSet {
+            kind: Kind::Cifar10,
+            split: Split::Test,
+            num_classes: 10,
+            images: vec![],
+            labels: vec![],
+            synthetic: false,
+        };
+        assert_eq!(
+            read_file(
+                &dir.path().join("test_batch.bin"),
+                Kind::Cifar10,
+                10,
+                &mut set
+            )
+            .expect("valid"),
+            1
+        );
         assert_eq!(set.labels, vec![9]);
         bytes[0] = 10;
         std::fs::write(dir.path().join("test_batch.bin"), &bytes).expect("write");
-        let err = read_file(&dir.path().join("test_batch.bin"), Kind::Cifar10, 10, &mut set).expect_err("label 10").to_string();
+        let err = read_file(
+            &dir.path().join("test_batch.bin"),
+            Kind::Cifar10,
+            10,
+            &mut set,
+        )
+        .expect_err("label 10")
+        .to_string();
         assert!(err.contains("class label 10, expected < 10"), "{err}");
     }
 }

@@ -6,21 +6,54 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: missing; {hint}")]
     Missing { path: PathBuf, hint: String },
-    #[error("{path}: size {size} bytes is not a whole number of {record}-byte records (truncated or not a CIFAR binary file; the last record starts at offset {last_offset})")]
-    Truncated { path: PathBuf, size: u64, record: usize, last_offset: u64 },
-    #[error("{path}: record {index} at offset {offset} has {what} label {label}, expected < {limit}")]
-    BadLabel { path: PathBuf, index: usize, offset: u64, what: &'static str, label: u8, limit: usize },
+    #[error(
+        "{path}: size {size} bytes is not a whole number of {record}-byte records (truncated or not a CIFAR binary file; the last record starts at offset {last_offset})"
+    )]
+    Truncated {
+        path: PathBuf,
+        size: u64,
+        record: usize,
+        last_offset: u64,
+    },
+    #[error(
+        "{path}: record {index} at offset {offset} has {what} label {label}, expected < {limit}"
+    )]
+    BadLabel {
+        path: PathBuf,
+        index: usize,
+        offset: u64,
+        what: &'static str,
+        label: u8,
+        limit: usize,
+    },
     #[error("{path}: {found} records, expected {expected}{hint}")]
-    Count { path: PathBuf, found: usize, expected: usize, hint: &'static str },
+    Count {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+        hint: &'static str,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("download of {url} failed: {reason}. {hint}")]
-    Download { url: String, reason: String, hint: String },
+    Download {
+        url: String,
+        reason: String,
+        hint: String,
+    },
     #[error("{path}: MD5 {found} does not match the published {expected}. {hint}")]
-    Checksum { path: PathBuf, found: String, expected: String, hint: String },
+    Checksum {
+        path: PathBuf,
+        found: String,
+        expected: String,
+        hint: String,
+    },
 }
 
 impl DataError {

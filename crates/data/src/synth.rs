@@ -53,7 +53,8 @@ impl SynthManifest {
 
     pub(crate) fn write(&self, dir: &Path) -> Result<(), DataError> {
         let path = dir.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(self).map_err(|e| DataError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| DataError::Invalid(e.to_string()))?;
         std::fs::write(&path, json).map_err(DataError::io(&path))
     }
 }
@@ -69,7 +70,12 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        Self { classes: 100, train_per_class: 500, test_per_class: 100, seed: 0 }
+        Self {
+            classes: 100,
+            train_per_class: 500,
+            test_per_class: 100,
+            seed: 0,
+        }
     }
 }
 
@@ -93,7 +99,12 @@ impl Texture {
             for g in &mut gratings[ch] {
                 let fx = stream.below(5) as f64 - 2.0;
                 let fy = stream.below(4) as f64 + 1.0;
-                *g = (fx, fy, 2.0 * std::f64::consts::PI * stream.next_f64(), 0.4 + 0.6 * stream.next_f64());
+                *g = (
+                    fx,
+                    fy,
+                    2.0 * std::f64::consts::PI * stream.next_f64(),
+                    0.4 + 0.6 * stream.next_f64(),
+                );
             }
             offset[ch] = 0.6 * stream.next_f64() - 0.3;
         }
@@ -105,14 +116,17 @@ impl Texture {
         self.offset[ch]
             + self.gratings[ch]
                 .iter()
-                .map(|&(fx, fy, phase, amp)| amp * (2.0 * std::f64::consts::PI * (fx * x + fy * y) / side + phase).sin())
+                .map(|&(fx, fy, phase, amp)| {
+                    amp * (2.0 * std::f64::consts::PI * (fx * x + fy * y) / side + phase).sin()
+                })
                 .sum::<f64>()
                 / GRATINGS as f64
     }
 }
 
 fn render(textures: &[Texture], class: usize, stream: &mut Stream, out: &mut Vec<u8>) {
-    let other = (class + 1 + stream.below(textures.len().max(2) as u64 - 1) as usize) % textures.len();
+    let other =
+        (class + 1 + stream.below(textures.len().max(2) as u64 - 1) as usize) % textures.len();
     let (dx, dy) = (stream.below(9) as f64 - 4.0, stream.below(9) as f64 - 4.0);
     let contrast = 0.6 + 0.6 * stream.next_f64();
     let blend = 0.7 * stream.next_f64();
@@ -134,15 +148,22 @@ fn render(textures: &[Texture], class: usize, stream: &mut Stream, out: &mut Vec
 /// last, so an interrupted run leaves a folder that `load` rejects.
 pub fn write(dir: &Path, config: SynthConfig) -> Result<SynthManifest, DataError> {
     if !(2..=100).contains(&config.classes) {
-        return Err(DataError::Invalid(format!("--classes {} is invalid: must be in [2, 100]", config.classes)));
+        return Err(DataError::Invalid(format!(
+            "--classes {} is invalid: must be in [2, 100]",
+            config.classes
+        )));
     }
     if config.train_per_class == 0 || config.test_per_class == 0 {
-        return Err(DataError::Invalid("--train-per-class and --test-per-class must be at least 1".into()));
+        return Err(DataError::Invalid(
+            "--train-per-class and --test-per-class must be at least 1".into(),
+        ));
     }
     std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
     let _ = std::fs::remove_file(dir.join(MANIFEST));
     let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
-    let textures: Vec<Texture> = (0..config.classes).map(|_| Texture::random(&mut tex_stream)).collect();
+    let textures: Vec<Texture> = (0..config.classes)
+        .map(|_| Texture::random(&mut tex_stream))
+        .collect();
     for (split, file, per_class, salt) in [
         (Split::Train, "train.bin", config.train_per_class, 1),
         (Split::Test, "test.bin", config.test_per_class, 2),
@@ -184,7 +205,12 @@ mod tests {
     use crate::{load, verify};
 
     fn small() -> SynthConfig {
-        SynthConfig { classes: 5, train_per_class: 4, test_per_class: 2, seed: 7 }
+        SynthConfig {
+            classes: 5,
+            train_per_class: 4,
+            test_per_class: 2,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -201,7 +227,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
-        let (a, b, c) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+        let (a, b, c) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
         write(a.path(), small()).expect("synth");
         write(b.path(), small()).expect("synth");
         write(c.path(), SynthConfig { seed: 8, ..small() }).expect("synth");
@@ -214,13 +244,34 @@ mod tests {
     fn classes_differ_more_between_than_within() {
         // Learnable: mean images of two classes are further apart than two halves of one class.
         let dir = tempfile::tempdir().expect("tmp");
-        write(dir.path(), SynthConfig { classes: 3, train_per_class: 240, test_per_class: 1, seed: 1 }).expect("synth");
+        write(
+            dir.path(),
+            SynthConfig {
+                classes: 3,
+                train_per_class: 240,
+                test_per_class: 1,
+                seed: 1,
+            },
+        )
+        .expect("synth");
         let set = load(dir.path(), Kind::Cifar100, Split::Train).expect("load");
         let mean = |class: u8, parity: usize| -> Vec<f64> {
-            let idx: Vec<usize> = (0..set.len()).filter(|&i| set.labels[i] == class && (i / 3) % 2 == parity).collect();
-            (0..IMAGE_BYTES).map(|p| idx.iter().map(|&i| f64::from(set.image(i)[p])).sum::<f64>() / idx.len() as f64).collect()
+            let idx: Vec<usize> = (0..set.len())
+                .filter(|&i| set.labels[i] == class && (i / 3) % 2 == parity)
+                .collect();
+            (0..IMAGE_BYTES)
+                .map(|p| {
+                    idx.iter().map(|&i| f64::from(set.image(i)[p])).sum::<f64>() / idx.len() as f64
+                })
+                .collect()
         };
-        let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        let dist = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
         let within = dist(&mean(0, 0), &mean(0, 1));
         let between = dist(&mean(0, 0), &mean(1, 0));
         assert!(between > 2.0 * within, "between {between} within {within}");
@@ -229,7 +280,14 @@ mod tests {
     #[test]
     fn invalid_settings_are_errors() {
         let dir = tempfile::tempdir().expect("tmp");
-        let err = write(dir.path(), SynthConfig { classes: 101, ..small() }).expect_err("101 classes");
+        let err = write(
+            dir.path(),
+            SynthConfig {
+                classes: 101,
+                ..small()
+            },
+        )
+        .expect_err("101 classes");
         assert!(err.to_string().contains("--classes 101"));
     }
 }

@@ -13,11 +13,24 @@ pub const ARCHS: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101"];
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: {key} = {value} is invalid: {allowed}")]
-    Invalid { path: PathBuf, key: String, value: String, allowed: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        value: String,
+        allowed: String,
+    },
 }
 
 /// One experiment: a data set, a backbone, a recipe, losses and seeds.
@@ -175,7 +188,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Experiment {
     /// Read and validate an experiment file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -183,12 +199,23 @@ impl Experiment {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let experiment: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim());
             let mut message = e.message().trim().replace('\n', " ");
-            if let Some(key) = key.filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(k)) {
+            if let Some(key) =
+                key.filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(k))
+            {
                 message = format!("key `{key}`: {message}");
             }
-            ConfigError::Syntax { path: path.to_path_buf(), line, column, message }
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
         })?;
         experiment.validate(path)?;
         Ok(experiment)
@@ -197,18 +224,38 @@ impl Experiment {
     /// Check every value that serde cannot (ranges, uniqueness, cross references).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |key: &str, value: String, allowed: &str| {
-            Err(ConfigError::Invalid { path: path.to_path_buf(), key: key.to_string(), value, allowed: allowed.to_string() })
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value,
+                allowed: allowed.to_string(),
+            })
         };
         if self.name.is_empty()
-            || !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
-            return bad("name", format!("{:?}", self.name), "must be non-empty lower-case letters, digits, '-' or '_' (it names a folder)");
+            return bad(
+                "name",
+                format!("{:?}", self.name),
+                "must be non-empty lower-case letters, digits, '-' or '_' (it names a folder)",
+            );
         }
         if !ARCHS.contains(&self.model.arch.as_str()) {
-            return bad("model.arch", format!("{:?}", self.model.arch), &format!("must be one of {}", ARCHS.join(", ")));
+            return bad(
+                "model.arch",
+                format!("{:?}", self.model.arch),
+                &format!("must be one of {}", ARCHS.join(", ")),
+            );
         }
         if !(self.model.width > 0.0 && self.model.width <= 4.0) {
-            return bad("model.width", self.model.width.to_string(), "must be in (0, 4]");
+            return bad(
+                "model.width",
+                self.model.width.to_string(),
+                "must be in (0, 4]",
+            );
         }
         let t = &self.training;
         if t.epochs == 0 {
@@ -221,29 +268,57 @@ impl Experiment {
             return bad("training.eval_batch_size", "0".into(), "must be at least 1");
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            return bad("training.lr", t.lr.to_string(), "must be a finite number > 0");
+            return bad(
+                "training.lr",
+                t.lr.to_string(),
+                "must be a finite number > 0",
+            );
         }
         if !(0.0..1.0).contains(&t.momentum) {
-            return bad("training.momentum", t.momentum.to_string(), "must be in [0, 1)");
+            return bad(
+                "training.momentum",
+                t.momentum.to_string(),
+                "must be in [0, 1)",
+            );
         }
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return bad("training.weight_decay", t.weight_decay.to_string(), "must be a finite number >= 0");
+            return bad(
+                "training.weight_decay",
+                t.weight_decay.to_string(),
+                "must be a finite number >= 0",
+            );
         }
         if t.nesterov && t.momentum == 0.0 {
-            return bad("training.nesterov", "true".into(), "needs training.momentum > 0");
+            return bad(
+                "training.nesterov",
+                "true".into(),
+                "needs training.momentum > 0",
+            );
         }
         match &t.schedule {
             Schedule::Multistep { milestones, gamma } => {
                 if milestones.windows(2).any(|w| w[0] >= w[1]) {
-                    return bad("training.schedule.milestones", format!("{milestones:?}"), "must be strictly increasing");
+                    return bad(
+                        "training.schedule.milestones",
+                        format!("{milestones:?}"),
+                        "must be strictly increasing",
+                    );
                 }
                 if !(gamma.is_finite() && *gamma > 0.0 && *gamma <= 1.0) {
-                    return bad("training.schedule.gamma", gamma.to_string(), "must be in (0, 1]");
+                    return bad(
+                        "training.schedule.gamma",
+                        gamma.to_string(),
+                        "must be in (0, 1]",
+                    );
                 }
             }
             Schedule::Cosine { min_lr } => {
                 if !(min_lr.is_finite() && *min_lr >= 0.0 && *min_lr <= t.lr) {
-                    return bad("training.schedule.min_lr", min_lr.to_string(), "must be in [0, training.lr]");
+                    return bad(
+                        "training.schedule.min_lr",
+                        min_lr.to_string(),
+                        "must be in [0, training.lr]",
+                    );
                 }
             }
             Schedule::Constant => {}
@@ -252,37 +327,73 @@ impl Experiment {
             return bad("seeds", "[]".into(), "must list at least one seed");
         }
         if self.seeds.iter().collect::<BTreeSet<_>>().len() != self.seeds.len() {
-            return bad("seeds", format!("{:?}", self.seeds), "must not repeat a seed");
+            return bad(
+                "seeds",
+                format!("{:?}", self.seeds),
+                "must not repeat a seed",
+            );
         }
         if self.losses.is_empty() {
-            return bad("losses", "[]".into(), "must list at least one [[losses]] entry");
+            return bad(
+                "losses",
+                "[]".into(),
+                "must list at least one [[losses]] entry",
+            );
         }
         let mut names = BTreeSet::new();
         for (i, loss) in self.losses.iter().enumerate() {
             if !names.insert(loss.name.as_str()) {
-                return bad(&format!("losses[{i}].name"), format!("{:?}", loss.name), "must not repeat a loss");
+                return bad(
+                    &format!("losses[{i}].name"),
+                    format!("{:?}", loss.name),
+                    "must not repeat a loss",
+                );
             }
             if loss.epochs == Some(0) {
-                return bad(&format!("losses[{i}].epochs"), "0".into(), "must be at least 1");
+                return bad(
+                    &format!("losses[{i}].epochs"),
+                    "0".into(),
+                    "must be at least 1",
+                );
             }
             let epochs = loss.epochs.unwrap_or(t.epochs);
             if t.warmup_epochs > epochs {
-                return bad("training.warmup_epochs", t.warmup_epochs.to_string(), &format!("must not exceed the {epochs} epochs of `{}`", loss.name));
+                return bad(
+                    "training.warmup_epochs",
+                    t.warmup_epochs.to_string(),
+                    &format!("must not exceed the {epochs} epochs of `{}`", loss.name),
+                );
             }
         }
         for (name, claim) in &self.claimed {
             if !names.contains(name.as_str()) {
-                return bad(&format!("claimed.{name}"), "…".into(), "names a loss that is not in [[losses]]");
+                return bad(
+                    &format!("claimed.{name}"),
+                    "…".into(),
+                    "names a loss that is not in [[losses]]",
+                );
             }
             if !(0.0..=1.0).contains(&claim.top1) {
-                let hint = if (1.0..=100.0).contains(&claim.top1) { " (a fraction: write 0.807 for 80.7 %)" } else { "" };
-                return bad(&format!("claimed.{name}.top1"), claim.top1.to_string(), &format!("must be in [0, 1]{hint}"));
+                let hint = if (1.0..=100.0).contains(&claim.top1) {
+                    " (a fraction: write 0.807 for 80.7 %)"
+                } else {
+                    ""
+                };
+                return bad(
+                    &format!("claimed.{name}.top1"),
+                    claim.top1.to_string(),
+                    &format!("must be in [0, 1]{hint}"),
+                );
             }
         }
         if let Some(s) = &self.data.synthetic
             && (s.classes < 2 || s.classes > 100 || s.train_per_class == 0 || s.test_per_class == 0)
         {
-            return bad("data.synthetic", format!("{s:?}"), "needs 2..=100 classes and at least 1 image per class and split");
+            return bad(
+                "data.synthetic",
+                format!("{s:?}"),
+                "needs 2..=100 classes and at least 1 image per class and split",
+            );
         }
         Ok(())
     }
@@ -290,7 +401,11 @@ impl Experiment {
     /// Epochs for `loss`: its own count or the experiment's.
     #[must_use]
     pub fn epochs_for(&self, loss: &str) -> u32 {
-        self.losses.iter().find(|l| l.name == loss).and_then(|l| l.epochs).unwrap_or(self.training.epochs)
+        self.losses
+            .iter()
+            .find(|l| l.name == loss)
+            .and_then(|l| l.epochs)
+            .unwrap_or(self.training.epochs)
     }
 
     /// The experiment as TOML (what is copied into the results folder).
@@ -362,7 +477,9 @@ epochs = 105
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = parse(&VALID.replace("batch_size = 32", "batch_size = \"big\"")).expect_err("string batch").to_string();
+        let err = parse(&VALID.replace("batch_size = 32", "batch_size = \"big\""))
+            .expect_err("string batch")
+            .to_string();
         assert!(err.contains("batch_size"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
@@ -371,10 +488,22 @@ epochs = 105
     fn bad_values_name_key_and_range() {
         for (from, to, want) in [
             ("lr = 0.1", "lr = -0.1", "training.lr = -0.1 is invalid"),
-            ("arch = \"resnet18\"", "arch = \"vgg\"", "model.arch = \"vgg\" is invalid: must be one of resnet18"),
-            ("seeds = [0, 1]", "seeds = [1, 1]", "seeds = [1, 1] is invalid"),
+            (
+                "arch = \"resnet18\"",
+                "arch = \"vgg\"",
+                "model.arch = \"vgg\" is invalid: must be one of resnet18",
+            ),
+            (
+                "seeds = [0, 1]",
+                "seeds = [1, 1]",
+                "seeds = [1, 1] is invalid",
+            ),
             ("top1 = 0.807", "top1 = 80.7", "write 0.807 for 80.7 %"),
-            ("milestones = [2]", "milestones = [2, 2]", "strictly increasing"),
+            (
+                "milestones = [2]",
+                "milestones = [2, 2]",
+                "strictly increasing",
+            ),
             ("epochs = 2\n", "epochs = 0\n", "losses[1].epochs = 0"),
         ] {
             let err = parse(&VALID.replace(from, to)).expect_err(to).to_string();
@@ -384,7 +513,9 @@ epochs = 105
 
     #[test]
     fn claim_for_a_loss_not_trained_is_an_error() {
-        let err = parse(&VALID.replace("[claimed.arcface]", "[claimed.cosface]")).expect_err("claim").to_string();
+        let err = parse(&VALID.replace("[claimed.arcface]", "[claimed.cosface]"))
+            .expect_err("claim")
+            .to_string();
         assert!(err.contains("claimed.cosface"), "{err}");
     }
 
@@ -416,10 +547,10 @@ epochs = 105
             #[test]
             fn mutated_configs_never_panic(line in 1usize..40, v in value()) {
                 let mut lines: Vec<String> = VALID.lines().map(str::to_string).collect();
-                if let Some(l) = lines.get_mut(line) {
-                    if let Some((key, _)) = l.split_once(" = ") {
-                        *l = format!("{key} = {v}");
-                    }
+                if let Some(l) = lines.get_mut(line)
+                    && let Some((key, _)) = l.split_once(" = ")
+                {
+                    *l = format!("{key} = {v}");
                 }
                 let _ = parse(&lines.join("\n"));
             }

@@ -26,7 +26,11 @@ impl RunDir {
     /// `experiment_dir/<loss>/seed-<seed>`.
     #[must_use]
     pub fn new(experiment_dir: &Path, loss: &str, seed: u64) -> Self {
-        Self { path: experiment_dir.join(loss).join(format!("seed-{seed}")), loss: loss.to_string(), seed }
+        Self {
+            path: experiment_dir.join(loss).join(format!("seed-{seed}")),
+            loss: loss.to_string(),
+            seed,
+        }
     }
 
     #[must_use]
@@ -58,7 +62,8 @@ impl RunDir {
 /// Every run folder under an experiment folder, sorted by loss and seed.
 pub fn discover_runs(experiment_dir: &Path) -> Result<Vec<RunDir>> {
     let mut runs = Vec::new();
-    let entries = std::fs::read_dir(experiment_dir).with_context(|| format!("cannot read {}", experiment_dir.display()))?;
+    let entries = std::fs::read_dir(experiment_dir)
+        .with_context(|| format!("cannot read {}", experiment_dir.display()))?;
     for loss_entry in entries {
         let loss_entry = loss_entry?;
         if !loss_entry.file_type()?.is_dir() {
@@ -68,7 +73,9 @@ pub fn discover_runs(experiment_dir: &Path) -> Result<Vec<RunDir>> {
         for seed_entry in std::fs::read_dir(loss_entry.path())? {
             let seed_entry = seed_entry?;
             let name = seed_entry.file_name().to_string_lossy().into_owned();
-            if let Some(seed) = name.strip_prefix("seed-").and_then(|s| s.parse::<u64>().ok())
+            if let Some(seed) = name
+                .strip_prefix("seed-")
+                .and_then(|s| s.parse::<u64>().ok())
                 && seed_entry.path().join("run.json").exists()
             {
                 runs.push(RunDir::new(experiment_dir, &loss, seed));

@@ -11,9 +11,9 @@ mod records;
 
 pub use atomic::{atomic_write, atomic_write_with};
 pub use config::{
-    Claim, ConfigError, DataConfig, DataSetName, Experiment, LossEntry, ModelConfig, Schedule, SynthSettings,
-    TrainingConfig, ARCHS,
+    ARCHS, Claim, ConfigError, DataConfig, DataSetName, Experiment, LossEntry, ModelConfig,
+    Schedule, SynthSettings, TrainingConfig,
 };
 pub use layout::{EXPERIMENT_COPY, RunDir, discover_runs, experiment_dir};
 pub use manifest::{RunManifest, RunStatus, now_rfc3339};
-pub use records::{EpochRecord, read_metrics, records_to_frame, frame_to_records, write_metrics};
+pub use records::{EpochRecord, frame_to_records, read_metrics, records_to_frame, write_metrics};

@@ -51,8 +51,10 @@ pub struct RunManifest {
 impl RunManifest {
     /// Read `run.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid run manifest", path.display()))
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a valid run manifest", path.display()))
     }
 
     /// Write `run.json` atomically.

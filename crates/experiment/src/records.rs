@@ -40,15 +40,35 @@ pub struct EpochRecord {
 
 /// Build the polars frame of some records (one row each, columns in [`EpochRecord`] order).
 pub fn records_to_frame(records: &[EpochRecord]) -> Result<DataFrame> {
-    let col_f = |name: &str, f: fn(&EpochRecord) -> f64| Column::new(name.into(), records.iter().map(f).collect::<Vec<f64>>());
+    let col_f = |name: &str, f: fn(&EpochRecord) -> f64| {
+        Column::new(name.into(), records.iter().map(f).collect::<Vec<f64>>())
+    };
     let frame = DataFrame::new(
         records.len(),
         vec![
-            Column::new("experiment".into(), records.iter().map(|r| r.experiment.as_str()).collect::<Vec<_>>()),
-            Column::new("loss".into(), records.iter().map(|r| r.loss.as_str()).collect::<Vec<_>>()),
-            Column::new("seed".into(), records.iter().map(|r| r.seed).collect::<Vec<u64>>()),
-            Column::new("epoch".into(), records.iter().map(|r| r.epoch).collect::<Vec<u32>>()),
-            Column::new("iteration".into(), records.iter().map(|r| r.iteration).collect::<Vec<u64>>()),
+            Column::new(
+                "experiment".into(),
+                records
+                    .iter()
+                    .map(|r| r.experiment.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "loss".into(),
+                records.iter().map(|r| r.loss.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "seed".into(),
+                records.iter().map(|r| r.seed).collect::<Vec<u64>>(),
+            ),
+            Column::new(
+                "epoch".into(),
+                records.iter().map(|r| r.epoch).collect::<Vec<u32>>(),
+            ),
+            Column::new(
+                "iteration".into(),
+                records.iter().map(|r| r.iteration).collect::<Vec<u64>>(),
+            ),
             col_f("lr", |r| r.lr),
             col_f("train_loss", |r| r.train_loss),
             col_f("train_top1", |r| r.train_top1),
@@ -69,20 +89,48 @@ pub fn frame_to_records(frame: &DataFrame) -> Result<Vec<EpochRecord>> {
     let f = |name: &str| -> Result<Vec<f64>> {
         let c = frame.column(name)?.cast(&DataType::Float64)?;
         let values: Vec<Option<f64>> = c.f64()?.iter().collect();
-        values.into_iter().map(|v| v.with_context(|| format!("null in column `{name}`"))).collect()
+        values
+            .into_iter()
+            .map(|v| v.with_context(|| format!("null in column `{name}`")))
+            .collect()
     };
     let u = |name: &str| -> Result<Vec<u64>> {
         let c = frame.column(name)?.cast(&DataType::UInt64)?;
         let values: Vec<Option<u64>> = c.u64()?.iter().collect();
-        values.into_iter().map(|v| v.with_context(|| format!("null in column `{name}`"))).collect()
+        values
+            .into_iter()
+            .map(|v| v.with_context(|| format!("null in column `{name}`")))
+            .collect()
     };
     let s = |name: &str| -> Result<Vec<String>> {
         let values: Vec<Option<&str>> = frame.column(name)?.str()?.iter().collect();
-        values.into_iter().map(|v| v.map(str::to_string).with_context(|| format!("null in column `{name}`"))).collect()
+        values
+            .into_iter()
+            .map(|v| {
+                v.map(str::to_string)
+                    .with_context(|| format!("null in column `{name}`"))
+            })
+            .collect()
     };
-    let (experiment, loss, seed, epoch, iteration) = (s("experiment")?, s("loss")?, u("seed")?, u("epoch")?, u("iteration")?);
-    let (lr, train_loss, train_top1, test_loss) = (f("lr")?, f("train_loss")?, f("train_top1")?, f("test_loss")?);
-    let (test_top1, test_top5, target, nearest) = (f("test_top1")?, f("test_top5")?, f("target_angle_deg")?, f("nearest_other_angle_deg")?);
+    let (experiment, loss, seed, epoch, iteration) = (
+        s("experiment")?,
+        s("loss")?,
+        u("seed")?,
+        u("epoch")?,
+        u("iteration")?,
+    );
+    let (lr, train_loss, train_top1, test_loss) = (
+        f("lr")?,
+        f("train_loss")?,
+        f("train_top1")?,
+        f("test_loss")?,
+    );
+    let (test_top1, test_top5, target, nearest) = (
+        f("test_top1")?,
+        f("test_top5")?,
+        f("target_angle_deg")?,
+        f("nearest_other_angle_deg")?,
+    );
     let (secs, ips) = (f("epoch_seconds")?, f("images_per_second")?);
     Ok((0..frame.height())
         .map(|i| EpochRecord {
@@ -132,7 +180,8 @@ fn read_metrics_file(path: &Path) -> Result<Vec<EpochRecord>> {
     let frame = ParquetReader::new(file)
         .finish()
         .map_err(|e| anyhow::anyhow!("{} is not a readable Parquet file: {e}", path.display()))?;
-    let records = frame_to_records(&frame).with_context(|| format!("{}: unexpected columns", path.display()))?;
+    let records = frame_to_records(&frame)
+        .with_context(|| format!("{}: unexpected columns", path.display()))?;
     if records.windows(2).any(|w| w[1].epoch != w[0].epoch + 1) {
         bail!("{}: epochs are not consecutive", path.display());
     }
@@ -175,7 +224,9 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("experiment,loss,seed,epoch,iteration,lr,train_loss,train_top1,test_loss,test_top1,test_top5,target_angle_deg,nearest_other_angle_deg,epoch_seconds,images_per_second")
+            Some(
+                "experiment,loss,seed,epoch,iteration,lr,train_loss,train_top1,test_loss,test_top1,test_top5,target_angle_deg,nearest_other_angle_deg,epoch_seconds,images_per_second"
+            )
         );
         assert_eq!(lines.count(), 2);
     }

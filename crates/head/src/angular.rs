@@ -29,7 +29,9 @@ pub fn normalize_rows(x: Tensor<2>) -> Tensor<2> {
 /// `features`: `[batch, dim]`, `weight`: `[classes, dim]` → `[batch, classes]`.
 #[must_use]
 pub fn cosine(features: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
-    normalize_rows(features).matmul(normalize_rows(weight).transpose()).clamp(-1.0, 1.0)
+    normalize_rows(features)
+        .matmul(normalize_rows(weight).transpose())
+        .clamp(-1.0, 1.0)
 }
 
 /// The target entry of every row: `[batch, classes]` → `[batch, 1]`.
@@ -46,7 +48,12 @@ pub fn target_column(values: Tensor<2>, labels: &Labels) -> Tensor<2> {
 #[must_use]
 pub fn replace_target(logits: Tensor<2>, labels: &Labels, target: Tensor<2>) -> Tensor<2> {
     let delta = target - target_column(logits.clone(), labels);
-    logits.scatter(1, labels.column(), delta, burn::tensor::IndexingUpdateOp::Add)
+    logits.scatter(
+        1,
+        labels.column(),
+        delta,
+        burn::tensor::IndexingUpdateOp::Add,
+    )
 }
 
 /// Mean cross-entropy of `logits` (`[batch, classes]`) against `labels`; shape `[1]`.

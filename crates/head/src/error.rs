@@ -7,11 +7,24 @@ pub enum HeadError {
     #[error("unknown loss `{name}` (registered: {known})")]
     UnknownLoss { name: String, known: String },
     #[error("loss `{loss}` has no parameter `{param}` (its parameters: {known})")]
-    UnknownParam { loss: String, param: String, known: String },
+    UnknownParam {
+        loss: String,
+        param: String,
+        known: String,
+    },
     #[error("loss `{loss}`: parameter `{param}` = {value} is invalid: must be {allowed}")]
-    InvalidParam { loss: String, param: String, value: String, allowed: String },
+    InvalidParam {
+        loss: String,
+        param: String,
+        value: String,
+        allowed: String,
+    },
     #[error("label {label} at position {index} is out of range: must be in [0, {num_classes})")]
-    LabelOutOfRange { index: usize, label: i64, num_classes: usize },
+    LabelOutOfRange {
+        index: usize,
+        label: i64,
+        num_classes: usize,
+    },
     #[error("shape mismatch: {0}")]
     Shape(String),
 }

@@ -34,7 +34,9 @@ pub struct Evaluation {
 fn matrix(name: &str, rows: &[Vec<f64>]) -> Result<(Vec<f64>, [usize; 2]), HeadError> {
     let cols = rows.first().map_or(0, Vec::len);
     if rows.is_empty() || cols == 0 {
-        return Err(HeadError::Shape(format!("`{name}` must be a non-empty matrix")));
+        return Err(HeadError::Shape(format!(
+            "`{name}` must be a non-empty matrix"
+        )));
     }
     if let Some(i) = rows.iter().position(|r| r.len() != cols) {
         return Err(HeadError::Shape(format!(
@@ -43,14 +45,19 @@ fn matrix(name: &str, rows: &[Vec<f64>]) -> Result<(Vec<f64>, [usize; 2]), HeadE
         )));
     }
     if let Some(v) = rows.iter().flatten().find(|v| !v.is_finite()) {
-        return Err(HeadError::Shape(format!("`{name}` holds a non-finite value {v}")));
+        return Err(HeadError::Shape(format!(
+            "`{name}` holds a non-finite value {v}"
+        )));
     }
     Ok((rows.iter().flatten().copied().collect(), [rows.len(), cols]))
 }
 
 fn to_rows(t: Tensor<2>) -> Vec<Vec<f64>> {
     let [_, cols] = t.dims();
-    let flat: Vec<f64> = t.into_data().try_into_vec_as::<f64>().expect("float tensor data converts to f64");
+    let flat: Vec<f64> = t
+        .into_data()
+        .try_into_vec_as::<f64>()
+        .expect("float tensor data converts to f64");
     flat.chunks(cols).map(<[f64]>::to_vec).collect()
 }
 
@@ -78,7 +85,7 @@ pub fn evaluate<H: LossHead>(
         )));
     }
     let per_class = H::weight_rows(params, 1);
-    if w_shape[0] % per_class != 0 {
+    if !w_shape[0].is_multiple_of(per_class) {
         return Err(HeadError::Shape(format!(
             "{} weight rows are not a whole number of classes of {per_class} rows each",
             w_shape[0]
@@ -91,7 +98,10 @@ pub fn evaluate<H: LossHead>(
     let weight = Tensor::<2>::from_data(TensorData::new(w, w_shape), f64_on).require_grad();
     let bias = match (&case.bias, H::SPEC.has_bias) {
         (Some(_), false) => {
-            return Err(HeadError::Shape(format!("loss `{}` has no bias", H::SPEC.name)));
+            return Err(HeadError::Shape(format!(
+                "loss `{}` has no bias",
+                H::SPEC.name
+            )));
         }
         (Some(b), true) => {
             if b.len() != num_classes {
@@ -101,7 +111,10 @@ pub fn evaluate<H: LossHead>(
                     num_classes
                 )));
             }
-            Some(Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), f64_on))
+            Some(Tensor::<1>::from_data(
+                TensorData::new(b.clone(), [b.len()]),
+                f64_on,
+            ))
         }
         (None, true) => Some(Tensor::<1>::zeros([num_classes], f64_on)),
         (None, false) => None,
@@ -115,7 +128,8 @@ pub fn evaluate<H: LossHead>(
     let grads = loss.backward();
     let loss_value: f64 = loss.into_scalar::<f64>();
     let grad_of = |t: &Tensor<2>| {
-        t.grad(&grads).map_or_else(|| vec![vec![0.0; t.dims()[1]]; t.dims()[0]], to_rows)
+        t.grad(&grads)
+            .map_or_else(|| vec![vec![0.0; t.dims()[1]]; t.dims()[0]], to_rows)
     };
     Ok(Evaluation {
         loss: loss_value,
@@ -124,7 +138,11 @@ pub fn evaluate<H: LossHead>(
         grad_bias: bias.map(|b| {
             b.grad(&grads).map_or_else(
                 || vec![0.0; num_classes],
-                |g| g.into_data().try_into_vec_as::<f64>().expect("float tensor data converts to f64"),
+                |g| {
+                    g.into_data()
+                        .try_into_vec_as::<f64>()
+                        .expect("float tensor data converts to f64")
+                },
             )
         }),
         logits: to_rows(logits.inner()),

@@ -15,14 +15,25 @@ pub struct Labels {
 impl Labels {
     /// Validate `labels` against `num_classes` and upload them to `device`.
     pub fn new(labels: &[i64], num_classes: usize, device: &Device) -> Result<Self, HeadError> {
-        if let Some((index, &label)) =
-            labels.iter().enumerate().find(|(_, l)| **l < 0 || **l >= num_classes as i64)
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l < 0 || **l >= num_classes as i64)
         {
-            return Err(HeadError::LabelOutOfRange { index, label, num_classes });
+            return Err(HeadError::LabelOutOfRange {
+                index,
+                label,
+                num_classes,
+            });
         }
-        let column = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device)
-            .reshape([labels.len(), 1]);
-        Ok(Self { host: labels.to_vec(), num_classes, column })
+        let column =
+            Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device)
+                .reshape([labels.len(), 1]);
+        Ok(Self {
+            host: labels.to_vec(),
+            num_classes,
+            column,
+        })
     }
 
     /// Number of labels in the batch.

@@ -100,14 +100,19 @@ pub fn check_shapes(
 ) -> Result<(), HeadError> {
     let [classes, dim] = weight.dims();
     if classes == 0 || dim == 0 {
-        return Err(HeadError::Shape(format!("weights are {classes} × {dim}; both must be > 0")));
+        return Err(HeadError::Shape(format!(
+            "weights are {classes} × {dim}; both must be > 0"
+        )));
     }
     match (spec.has_bias, bias) {
         (true, Some(b)) if b.dims()[0] != classes => Err(HeadError::Shape(format!(
             "bias has {} entries but there are {classes} classes",
             b.dims()[0]
         ))),
-        (false, Some(_)) => Err(HeadError::Shape(format!("loss `{}` has no bias", spec.name))),
+        (false, Some(_)) => Err(HeadError::Shape(format!(
+            "loss `{}` has no bias",
+            spec.name
+        ))),
         _ => Ok(()),
     }
 }

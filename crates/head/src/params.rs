@@ -49,7 +49,11 @@ impl fmt::Display for Allowed {
 }
 
 fn fmt_bound(v: f64) -> String {
-    if v == std::f64::consts::PI { "π".to_string() } else { v.to_string() }
+    if v == std::f64::consts::PI {
+        "π".to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 /// One hyper-parameter of a loss, with its published default.
@@ -78,7 +82,11 @@ impl ResolvedParams {
         let known = || specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
         for key in given.keys() {
             if !specs.iter().any(|s| s.name == key) {
-                let known = if specs.is_empty() { "none".to_string() } else { known() };
+                let known = if specs.is_empty() {
+                    "none".to_string()
+                } else {
+                    known()
+                };
                 return Err(HeadError::UnknownParam {
                     loss: loss.into(),
                     param: key.clone(),
@@ -113,7 +121,9 @@ impl ResolvedParams {
     /// The defaults of `specs` (which are valid by construction; checked in tests).
     #[must_use]
     pub fn defaults(specs: &[ParamSpec]) -> Self {
-        Self { values: specs.iter().map(|s| (s.name, s.default)).collect() }
+        Self {
+            values: specs.iter().map(|s| (s.name, s.default)).collect(),
+        }
     }
 
     /// The value of a declared parameter.
@@ -140,8 +150,18 @@ mod tests {
     use super::*;
 
     const SPECS: &[ParamSpec] = &[
-        ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "" },
-        ParamSpec { name: "m", default: 4.0, allowed: Allowed::Integer(1, 10), help: "" },
+        ParamSpec {
+            name: "s",
+            default: 64.0,
+            allowed: Allowed::Positive,
+            help: "",
+        },
+        ParamSpec {
+            name: "m",
+            default: 4.0,
+            allowed: Allowed::Integer(1, 10),
+            help: "",
+        },
     ];
 
     fn given(json: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -157,14 +177,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_parameter_and_range() {
-        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"s": -1}"#)).unwrap_err();
-        assert_eq!(e.to_string(), "loss `x`: parameter `s` = -1 is invalid: must be a finite number > 0");
-        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"m": 2.5}"#)).unwrap_err();
-        assert!(e.to_string().contains("`m` = 2.5") && e.to_string().contains("integer in [1, 10]"));
-        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"m": "four"}"#)).unwrap_err();
+        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"s": -1}"#))
+            .expect_err("invalid value accepted");
+        assert_eq!(
+            e.to_string(),
+            "loss `x`: parameter `s` = -1 is invalid: must be a finite number > 0"
+        );
+        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"m": 2.5}"#))
+            .expect_err("invalid value accepted");
+        assert!(
+            e.to_string().contains("`m` = 2.5") && e.to_string().contains("integer in [1, 10]")
+        );
+        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"m": "four"}"#))
+            .expect_err("invalid value accepted");
         assert!(e.to_string().contains("`m` = \"four\""), "{e}");
-        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"q": 1}"#)).unwrap_err();
-        assert_eq!(e.to_string(), "loss `x` has no parameter `q` (its parameters: s, m)");
+        let e = ResolvedParams::resolve("x", SPECS, &given(r#"{"q": 1}"#))
+            .expect_err("invalid value accepted");
+        assert_eq!(
+            e.to_string(),
+            "loss `x` has no parameter `q` (its parameters: s, m)"
+        );
     }
 
     #[test]

@@ -66,7 +66,9 @@ impl Arch {
 /// Invalid backbone settings.
 #[derive(Debug, Error, PartialEq)]
 pub enum ModelError {
-    #[error("model.width = {0} is invalid: must be in (0, 4] and leave at least 1 channel in the stem")]
+    #[error(
+        "model.width = {0} is invalid: must be in (0, 4] and leave at least 1 channel in the stem"
+    )]
     Width(f64),
 }
 
@@ -119,7 +121,11 @@ impl ResNetConfig {
     /// Build the backbone with weights drawn from `seed`.
     pub fn init(&self, seed: u64, device: &Device) -> Result<ResNet, ModelError> {
         self.validate()?;
-        let mut init = WeightInit { seed, next_layer: 0, device: device.clone() };
+        let mut init = WeightInit {
+            seed,
+            next_layer: 0,
+            device: device.clone(),
+        };
         let (counts, bottleneck) = self.arch.blocks();
         let stem_channels = self.channels(64);
         let stem = init.conv_bn(3, stem_channels, 3, 1);
@@ -155,7 +161,12 @@ impl ResNetConfig {
                 blocks.push(block);
             }
         }
-        Ok(ResNet { stem, blocks, pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(), relu: Relu::new() })
+        Ok(ResNet {
+            stem,
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            relu: Relu::new(),
+        })
     }
 }
 
@@ -172,7 +183,12 @@ impl WeightInit {
     fn conv_bn(&mut self, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvBn {
         let mut conv = Conv2dConfig::new([cin, cout], [kernel, kernel])
             .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(kernel / 2, kernel / 2, kernel / 2, kernel / 2))
+            .with_padding(PaddingConfig2d::Explicit(
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+            ))
             .with_bias(false)
             .with_initializer(Initializer::Zeros)
             .init(&self.device);
@@ -180,8 +196,14 @@ impl WeightInit {
         let values = Stream::new(self.seed, Purpose::BackboneInit, self.next_layer)
             .normal_vec(cout * cin * kernel * kernel, std);
         self.next_layer += 1;
-        conv.weight = Param::from_data(TensorData::new(values, [cout, cin, kernel, kernel]), &self.device);
-        ConvBn { conv, bn: BatchNormConfig::new(cout).init(&self.device) }
+        conv.weight = Param::from_data(
+            TensorData::new(values, [cout, cin, kernel, kernel]),
+            &self.device,
+        );
+        ConvBn {
+            conv,
+            bn: BatchNormConfig::new(cout).init(&self.device),
+        }
     }
 }
 
@@ -219,6 +241,7 @@ pub struct Bottleneck {
 
 /// A residual block of either kind.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // a few dozen blocks per model: boxing buys nothing
 pub enum Block {
     Basic(BasicBlock),
     Bottleneck(Bottleneck),
@@ -228,12 +251,18 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Basic(b) => {
-                let identity = b.shortcut.as_ref().map_or_else(|| x.clone(), |s| s.forward(x.clone()));
+                let identity = b
+                    .shortcut
+                    .as_ref()
+                    .map_or_else(|| x.clone(), |s| s.forward(x.clone()));
                 let y = b.relu.forward(b.conv1.forward(x));
                 b.relu.forward(b.conv2.forward(y) + identity)
             }
             Self::Bottleneck(b) => {
-                let identity = b.shortcut.as_ref().map_or_else(|| x.clone(), |s| s.forward(x.clone()));
+                let identity = b
+                    .shortcut
+                    .as_ref()
+                    .map_or_else(|| x.clone(), |s| s.forward(x.clone()));
                 let y = b.relu.forward(b.reduce.forward(x));
                 let y = b.relu.forward(b.conv.forward(y));
                 b.relu.forward(b.expand.forward(y) + identity)
@@ -287,7 +316,10 @@ pub fn trainable_params(model: &ResNet) -> usize {
             }
         }
     }
-    let mut count = Count { path: Vec::new(), total: 0 };
+    let mut count = Count {
+        path: Vec::new(),
+        total: 0,
+    };
     model.visit(&mut count);
     count.total
 }
@@ -301,16 +333,26 @@ mod tests {
         // torchvision resnet50: 25,557,032 parameters. Without fc (2048·1000 + 1000) and with
         // the 7×7 stem (64·3·49) replaced by a 3×3 one (64·3·9): 23,500,352.
         let device = Device::flex();
-        let model = ResNetConfig::new(Arch::ResNet50).init(0, &device).expect("valid");
-        assert_eq!(trainable_params(&model), 25_557_032 - 2_049_000 - 9_408 + 1_728);
+        let model = ResNetConfig::new(Arch::ResNet50)
+            .init(0, &device)
+            .expect("valid");
+        assert_eq!(
+            trainable_params(&model),
+            25_557_032 - 2_049_000 - 9_408 + 1_728
+        );
         assert_eq!(ResNetConfig::new(Arch::ResNet50).feature_dim(), 2048);
     }
 
     #[test]
     fn resnet18_matches_torchvision_parameter_count() {
         // torchvision resnet18: 11,689,512; minus fc (512·1000 + 1000), 7×7 → 3×3 stem.
-        let model = ResNetConfig::new(Arch::ResNet18).init(0, &Device::flex()).expect("valid");
-        assert_eq!(trainable_params(&model), 11_689_512 - 513_000 - 9_408 + 1_728);
+        let model = ResNetConfig::new(Arch::ResNet18)
+            .init(0, &Device::flex())
+            .expect("valid");
+        assert_eq!(
+            trainable_params(&model),
+            11_689_512 - 513_000 - 9_408 + 1_728
+        );
     }
 
     #[test]
@@ -330,7 +372,13 @@ mod tests {
         let config = ResNetConfig::new(Arch::ResNet18).with_width(0.125);
         let weights = |seed| -> Vec<f32> {
             let m = config.init(seed, &device).expect("valid");
-            m.stem.conv.weight.val().into_data().try_into_vec_as::<f32>().expect("f32")
+            m.stem
+                .conv
+                .weight
+                .val()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("f32")
         };
         assert_eq!(weights(4), weights(4));
         assert_ne!(weights(4), weights(5));
@@ -339,10 +387,18 @@ mod tests {
     #[test]
     fn invalid_width_is_an_error() {
         for w in [0.0, -1.0, 5.0, f64::NAN, 0.001] {
-            let err = ResNetConfig::new(Arch::ResNet18).with_width(w).init(0, &Device::flex()).err();
+            let err = ResNetConfig::new(Arch::ResNet18)
+                .with_width(w)
+                .init(0, &Device::flex())
+                .err();
             let msg = err.map(|e| e.to_string()).unwrap_or_default();
             assert!(msg.starts_with("model.width = "), "width {w}: {msg:?}");
         }
-        assert!(ResNetConfig::new(Arch::ResNet18).with_width(0.125).validate().is_ok());
+        assert!(
+            ResNetConfig::new(Arch::ResNet18)
+                .with_width(0.125)
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -5,7 +5,9 @@
 
 use burn::prelude::*;
 use lossbench_head::eval::{Case, Evaluation, evaluate};
-use lossbench_head::{HeadDims, HeadError, Labels, LossHead, LossSpec, ResolvedParams, init_weight};
+use lossbench_head::{
+    HeadDims, HeadError, Labels, LossHead, LossSpec, ResolvedParams, init_weight,
+};
 
 /// Generates [`AnyHead`] (a burn module enum over every registered head) and the lookup
 /// functions from one list of `Variant => HeadType`.
@@ -108,7 +110,10 @@ fn unknown(name: &str) -> HeadError {
 
 /// The spec of a registered loss.
 pub fn spec(name: &str) -> Result<&'static LossSpec, HeadError> {
-    LOSSES.iter().find(|s| s.name == name).ok_or_else(|| unknown(name))
+    LOSSES
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| unknown(name))
 }
 
 /// Validate `params` (a JSON object; TOML tables convert to it) for the named loss.
@@ -130,9 +135,16 @@ pub fn init_head(
     device: &Device,
 ) -> Result<AnyHead, HeadError> {
     let spec = spec(name)?;
-    let bias = spec.has_bias.then(|| Tensor::<1>::zeros([dims.num_classes], device));
+    let bias = spec
+        .has_bias
+        .then(|| Tensor::<1>::zeros([dims.num_classes], device));
     let rows = AnyHead::weight_rows_named(name, params, dims.num_classes)?;
-    AnyHead::build_named(name, params, init_weight(rows, dims.feature_dim, seed, device), bias)
+    AnyHead::build_named(
+        name,
+        params,
+        init_weight(rows, dims.feature_dim, seed, device),
+        bias,
+    )
 }
 
 #[cfg(test)]
@@ -142,7 +154,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_lowercase() {
         let mut names: Vec<_> = LOSSES.iter().map(|s| s.name).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), LOSSES.len());
@@ -163,8 +179,17 @@ mod tests {
     #[test]
     fn every_loss_builds_with_defaults_and_gives_a_finite_loss() {
         let device = Device::flex().autodiff();
-        let dims = HeadDims { num_classes: 5, feature_dim: 8 };
-        let x = Tensor::<2>::from_data(TensorData::new((0..24).map(|v| v as f32 / 10.0 - 1.0).collect::<Vec<_>>(), [3, 8]), &device);
+        let dims = HeadDims {
+            num_classes: 5,
+            feature_dim: 8,
+        };
+        let x = Tensor::<2>::from_data(
+            TensorData::new(
+                (0..24).map(|v| v as f32 / 10.0 - 1.0).collect::<Vec<_>>(),
+                [3, 8],
+            ),
+            &device,
+        );
         let labels = Labels::new(&[0, 4, 2], 5, &device).expect("labels");
         for spec in LOSSES {
             let params = resolve_params(spec.name, &serde_json::Map::new()).expect("defaults");

@@ -13,25 +13,27 @@ pub const SIZE: (u32, u32) = (900, 480);
 const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
-/// Fixed colours for the known losses, then a colour-blind-safe palette (Okabe–Ito).
+/// Fixed colours for the registered losses (Okabe–Ito, colour-blind safe, then Tableau),
+/// the rest by position.
 #[must_use]
 pub fn colour(loss: &str, index: usize) -> RGBColor {
-    const PALETTE: [RGBColor; 7] = [
-        RGBColor(0, 114, 178),
-        RGBColor(230, 159, 0),
-        RGBColor(0, 158, 115),
-        RGBColor(204, 121, 167),
-        RGBColor(86, 180, 233),
-        RGBColor(213, 94, 0),
-        RGBColor(240, 228, 66),
+    const OTHERS: [RGBColor; 4] = [
+        RGBColor(127, 60, 141),
+        RGBColor(17, 165, 121),
+        RGBColor(57, 105, 172),
+        RGBColor(242, 183, 1),
     ];
     match loss {
         "softmax" => RGBColor(60, 60, 60),
-        "arcface" => PALETTE[0],
-        "cosface" => PALETTE[1],
-        "sphereface" => PALETTE[2],
-        "normface" => PALETTE[3],
-        _ => PALETTE[4 + index % 3],
+        "arcface" => RGBColor(0, 114, 178),
+        "cosface" => RGBColor(230, 159, 0),
+        "sphereface" => RGBColor(0, 158, 115),
+        "normface" => RGBColor(204, 121, 167),
+        "combined" => RGBColor(86, 180, 233),
+        "adacos" => RGBColor(213, 94, 0),
+        "curricularface" => RGBColor(140, 86, 75),
+        "subcenter-arcface" => RGBColor(188, 189, 34),
+        _ => OTHERS[index % OTHERS.len()],
     }
 }
 
@@ -62,15 +64,25 @@ pub struct Chart {
     pub lines: Vec<Line>,
     /// Fixed y range (e.g. accuracy in [0, 1]); `None` fits the data.
     pub y_range: Option<(f64, f64)>,
+    /// Where the legend goes (where the curves usually are not).
+    pub legend: SeriesLabelPosition,
 }
 
 fn bounds(chart: &Chart) -> ((f64, f64), (f64, f64)) {
-    let xs = chart.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
+    let xs = chart
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0));
     let x_max = xs.fold(1.0_f64, f64::max).max(2.0);
     let ys: Vec<f64> = chart
         .lines
         .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1).chain(l.band.iter().flat_map(|b| [b.1, b.2])))
+        .flat_map(|l| {
+            l.points
+                .iter()
+                .map(|p| p.1)
+                .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
+        })
         .filter(|v| v.is_finite())
         .collect();
     let (mut lo, mut hi) = chart.y_range.unwrap_or_else(|| {
@@ -91,7 +103,8 @@ fn bounds(chart: &Chart) -> ((f64, f64), (f64, f64)) {
 }
 
 fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart) -> Result<()> {
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw {}: {e:?}", chart.file_stem);
+    let e =
+        |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw {}: {e:?}", chart.file_stem);
     area.fill(&WHITE).map_err(e)?;
     let ((x0, x1), (y0, y1)) = bounds(chart);
     let mut ctx = ChartBuilder::on(area)
@@ -113,24 +126,41 @@ fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &Chart) -> Res
         if line.band.len() > 1 {
             let mut polygon: Vec<(f64, f64)> = line.band.iter().map(|b| (b.0, b.2)).collect();
             polygon.extend(line.band.iter().rev().map(|b| (b.0, b.1)));
-            ctx.draw_series(std::iter::once(Polygon::new(polygon, line.colour.mix(0.18)))).map_err(e)?;
+            ctx.draw_series(std::iter::once(Polygon::new(
+                polygon,
+                line.colour.mix(0.18),
+            )))
+            .map_err(e)?;
         }
     }
     for line in &chart.lines {
         let style = line.colour.stroke_width(2);
         let colour = line.colour;
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], colour.stroke_width(2));
+        let legend = move |(x, y): (i32, i32)| {
+            PathElement::new(vec![(x, y), (x + 22, y)], colour.stroke_width(2))
+        };
         if line.dashed {
-            ctx.draw_series(DashedLineSeries::new(line.points.clone(), 6, 4, style)).map_err(e)?.label(&line.label).legend(legend);
+            ctx.draw_series(DashedLineSeries::new(line.points.clone(), 6, 4, style))
+                .map_err(e)?
+                .label(&line.label)
+                .legend(legend);
         } else {
-            ctx.draw_series(LineSeries::new(line.points.clone(), style)).map_err(e)?.label(&line.label).legend(legend);
+            ctx.draw_series(LineSeries::new(line.points.clone(), style))
+                .map_err(e)?
+                .label(&line.label)
+                .legend(legend);
         }
         if line.points.len() == 1 {
-            ctx.draw_series(line.points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(e)?;
+            ctx.draw_series(
+                line.points
+                    .iter()
+                    .map(|&p| Circle::new(p, 3, colour.filled())),
+            )
+            .map_err(e)?;
         }
     }
     ctx.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(chart.legend.clone())
         .label_font((FONT, 14))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))

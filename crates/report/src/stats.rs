@@ -6,8 +6,9 @@
 #[must_use]
 pub fn t_975(df: usize) -> f64 {
     const TABLE: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
-        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -37,12 +38,22 @@ impl Estimate {
         }
         let mean = values.iter().sum::<f64>() / n as f64;
         if n < 2 {
-            return Some(Self { n, mean, std: f64::NAN, ci: (f64::NAN, f64::NAN) });
+            return Some(Self {
+                n,
+                mean,
+                std: f64::NAN,
+                ci: (f64::NAN, f64::NAN),
+            });
         }
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         let std = var.sqrt();
         let half = t_975(n - 1) * std / (n as f64).sqrt();
-        Some(Self { n, mean, std, ci: (mean - half, mean + half) })
+        Some(Self {
+            n,
+            mean,
+            std,
+            ci: (mean - half, mean + half),
+        })
     }
 
     /// Whether the CI exists (n ≥ 2).
@@ -55,7 +66,10 @@ impl Estimate {
 /// Difference `a − b` paired by key (seed): only keys present in both count.
 #[must_use]
 pub fn paired_difference(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Estimate> {
-    let diffs: Vec<f64> = a.iter().filter_map(|(k, x)| b.iter().find(|(kb, _)| kb == k).map(|(_, y)| x - y)).collect();
+    let diffs: Vec<f64> = a
+        .iter()
+        .filter_map(|(k, x)| b.iter().find(|(kb, _)| kb == k).map(|(_, y)| x - y))
+        .collect();
     Estimate::of(&diffs)
 }
 
@@ -63,7 +77,10 @@ pub fn paired_difference(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Estimate>
 #[must_use]
 pub fn epochs_to_reach(top1_by_epoch: &[f64], fraction: f64) -> Option<usize> {
     let last = *top1_by_epoch.last()?;
-    top1_by_epoch.iter().position(|&v| v >= fraction * last).map(|i| i + 1)
+    top1_by_epoch
+        .iter()
+        .position(|&v| v >= fraction * last)
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]

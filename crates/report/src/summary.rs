@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use lossbench_experiment::{EpochRecord, Experiment, RunDir, RunManifest, RunStatus, discover_runs, read_metrics};
+use lossbench_experiment::{
+    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, discover_runs, read_metrics,
+};
 
 use crate::stats::{Estimate, epochs_to_reach, paired_difference};
 
@@ -19,7 +21,8 @@ impl Run {
     /// Completed runs enter the headline statistics; others are listed but not averaged.
     #[must_use]
     pub fn completed(&self) -> bool {
-        self.manifest.status == RunStatus::Completed && self.records.len() as u32 >= self.manifest.epochs
+        self.manifest.status == RunStatus::Completed
+            && self.records.len() as u32 >= self.manifest.epochs
     }
 
     fn final_top1(&self) -> Option<f64> {
@@ -34,16 +37,26 @@ impl Run {
 /// Read every run under `experiment_dir`.
 pub fn load_runs(experiment_dir: &Path) -> Result<Vec<Run>> {
     if !experiment_dir.is_dir() {
-        bail!("{} does not exist: run the experiment first (`lossbench run EXPERIMENT.toml`)", experiment_dir.display());
+        bail!(
+            "{} does not exist: run the experiment first (`lossbench run EXPERIMENT.toml`)",
+            experiment_dir.display()
+        );
     }
     let mut runs = Vec::new();
     for dir in discover_runs(experiment_dir)? {
         let manifest = RunManifest::read(&dir.manifest())?;
         let records = read_metrics(&dir).with_context(|| format!("run {}", dir.path.display()))?;
-        runs.push(Run { dir, manifest, records });
+        runs.push(Run {
+            dir,
+            manifest,
+            records,
+        });
     }
     if runs.is_empty() {
-        bail!("{} holds no runs (no <loss>/seed-<n>/run.json): run the experiment first", experiment_dir.display());
+        bail!(
+            "{} holds no runs (no <loss>/seed-<n>/run.json): run the experiment first",
+            experiment_dir.display()
+        );
     }
     Ok(runs)
 }
@@ -71,7 +84,12 @@ pub struct LossSummary {
     pub verdict: String,
 }
 
-fn verdict(claim: Option<f64>, measured: Option<&Estimate>, completed: usize, total: usize) -> String {
+fn verdict(
+    claim: Option<f64>,
+    measured: Option<&Estimate>,
+    completed: usize,
+    total: usize,
+) -> String {
     let (Some(claim), Some(m)) = (claim, measured) else {
         return match (claim, completed) {
             (None, _) => "no claim".into(),
@@ -80,7 +98,11 @@ fn verdict(claim: Option<f64>, measured: Option<&Estimate>, completed: usize, to
         };
     };
     if !m.has_ci() {
-        let rel = if claim > m.mean { "above" } else { "at or below" };
+        let rel = if claim > m.mean {
+            "above"
+        } else {
+            "at or below"
+        };
         return format!("claim {rel} the single measured run (one seed: no CI)");
     }
     if claim > m.ci.1 {
@@ -102,7 +124,10 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
         }
     }
     let finals = |loss: &str| -> Vec<(u64, f64)> {
-        runs.iter().filter(|r| r.dir.loss == loss && r.completed()).filter_map(|r| r.final_top1().map(|v| (r.dir.seed, v))).collect()
+        runs.iter()
+            .filter(|r| r.dir.loss == loss && r.completed())
+            .filter_map(|r| r.final_top1().map(|v| (r.dir.seed, v)))
+            .collect()
     };
     let softmax = finals("softmax");
     names
@@ -111,7 +136,9 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
             let mine: Vec<&Run> = runs.iter().filter(|r| &r.dir.loss == loss).collect();
             let done: Vec<&Run> = mine.iter().copied().filter(|r| r.completed()).collect();
             let count = |s: RunStatus| mine.iter().filter(|r| r.manifest.status == s).count();
-            let values = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> { done.iter().filter_map(|r| f(r)).collect() };
+            let values = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> {
+                done.iter().filter_map(|r| f(r)).collect()
+            };
             let final_top1 = Estimate::of(&values(&|r| r.final_top1()));
             let claim = experiment.claimed.get(loss);
             let curve = |r: &Run| r.records.iter().map(|x| x.test_top1).collect::<Vec<_>>();
@@ -124,15 +151,34 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
                 completed: done.len(),
                 diverged: count(RunStatus::Diverged),
                 failed: count(RunStatus::Failed),
-                incomplete: mine.len() - done.len() - count(RunStatus::Diverged) - count(RunStatus::Failed),
+                incomplete: mine.len()
+                    - done.len()
+                    - count(RunStatus::Diverged)
+                    - count(RunStatus::Failed),
                 best_top1: Estimate::of(&values(&|r| r.best_top1())),
-                delta_vs_softmax: if loss == "softmax" { None } else { paired_difference(&finals(loss), &softmax) },
-                epochs_to_95: Estimate::of(&values(&|r| epochs_to_reach(&curve(r), 0.95).map(|e| e as f64))),
-                epochs_to_99: Estimate::of(&values(&|r| epochs_to_reach(&curve(r), 0.99).map(|e| e as f64))),
-                seconds_per_epoch: Estimate::of(&values(&|r| {
-                    (!r.records.is_empty()).then(|| r.records.iter().map(|x| x.epoch_seconds).sum::<f64>() / r.records.len() as f64)
+                delta_vs_softmax: if loss == "softmax" {
+                    None
+                } else {
+                    paired_difference(&finals(loss), &softmax)
+                },
+                epochs_to_95: Estimate::of(&values(&|r| {
+                    epochs_to_reach(&curve(r), 0.95).map(|e| e as f64)
                 })),
-                verdict: verdict(claim.map(|c| c.top1), final_top1.as_ref(), done.len(), mine.len()),
+                epochs_to_99: Estimate::of(&values(&|r| {
+                    epochs_to_reach(&curve(r), 0.99).map(|e| e as f64)
+                })),
+                seconds_per_epoch: Estimate::of(&values(&|r| {
+                    (!r.records.is_empty()).then(|| {
+                        r.records.iter().map(|x| x.epoch_seconds).sum::<f64>()
+                            / r.records.len() as f64
+                    })
+                })),
+                verdict: verdict(
+                    claim.map(|c| c.top1),
+                    final_top1.as_ref(),
+                    done.len(),
+                    mine.len(),
+                ),
                 final_top1,
             }
         })
@@ -145,7 +191,12 @@ pub fn per_epoch(runs: &[&Run], metric: fn(&EpochRecord) -> f64) -> Vec<(f64, f6
     let epochs = runs.iter().map(|r| r.records.len()).max().unwrap_or(0);
     (1..=epochs)
         .filter_map(|e| {
-            let vals: Vec<f64> = runs.iter().filter_map(|r| r.records.get(e - 1)).map(metric).filter(|v| v.is_finite()).collect();
+            let vals: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.records.get(e - 1))
+                .map(metric)
+                .filter(|v| v.is_finite())
+                .collect();
             if vals.is_empty() {
                 return None;
             }

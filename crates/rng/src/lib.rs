@@ -49,7 +49,9 @@ impl Stream {
     /// A stream with a further sub-index, e.g. `(seed, Augment, epoch).sub(image)`.
     #[must_use]
     pub fn sub(&self, index: u64) -> Self {
-        Self { state: splitmix64(self.state ^ splitmix64(index.wrapping_add(0x5851_F42D))) }
+        Self {
+            state: splitmix64(self.state ^ splitmix64(index.wrapping_add(0x5851_F42D))),
+        }
     }
 
     /// Next 64 random bits.
@@ -103,8 +105,18 @@ mod tests {
 
     #[test]
     fn same_key_same_stream_and_different_keys_differ() {
-        let a: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, Purpose::Shuffle, 3), |s, _| Some(s.next_u64())).collect();
-        let b: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, Purpose::Shuffle, 3), |s, _| Some(s.next_u64())).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::new(7, Purpose::Shuffle, 3), |s, _| {
+                Some(s.next_u64())
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map(|_| 0)
+            .scan(Stream::new(7, Purpose::Shuffle, 3), |s, _| {
+                Some(s.next_u64())
+            })
+            .collect();
         assert_eq!(a, b);
         let mut c = Stream::new(7, Purpose::Augment, 3);
         let mut d = Stream::new(7, Purpose::Shuffle, 4);

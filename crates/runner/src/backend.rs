@@ -63,7 +63,10 @@ pub fn probe_wgpu() -> Option<(String, bool)> {
     std::panic::set_hook(Box::new(|_| {}));
     let found = std::panic::catch_unwind(|| {
         let device = Device::wgpu(Default::default());
-        device.as_dispatch().identity().map(|id| (id.name.clone(), id.physical.is_some()))
+        device
+            .as_dispatch()
+            .identity()
+            .map(|id| (id.name.clone(), id.physical.is_some()))
     });
     std::panic::set_hook(hook);
     found.ok().flatten()
@@ -72,17 +75,39 @@ pub fn probe_wgpu() -> Option<(String, bool)> {
 impl BackendChoice {
     /// Resolve to a device; `wgpu` without any adapter is an error.
     pub fn resolve(self) -> Result<Backend> {
-        let flex = || Backend { name: "flex", device_name: "CPU (flex)".into(), device: Device::flex(), deterministic: true };
+        let flex = || Backend {
+            name: "flex",
+            device_name: "CPU (flex)".into(),
+            device: Device::flex(),
+            deterministic: true,
+        };
         Ok(match self {
             Self::Flex => flex(),
             #[allow(deprecated)] // ndarray stays selectable for comparison
-            Self::Ndarray => Backend { name: "ndarray", device_name: "CPU (ndarray)".into(), device: Device::ndarray(), deterministic: true },
+            Self::Ndarray => Backend {
+                name: "ndarray",
+                device_name: "CPU (ndarray)".into(),
+                device: Device::ndarray(),
+                deterministic: true,
+            },
             Self::Wgpu => match probe_wgpu() {
-                Some((name, _)) => Backend { name: "wgpu", device_name: name, device: Device::wgpu(Default::default()), deterministic: false },
-                None => bail!("--backend wgpu: no wgpu adapter found (on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)"),
+                Some((name, _)) => Backend {
+                    name: "wgpu",
+                    device_name: name,
+                    device: Device::wgpu(Default::default()),
+                    deterministic: false,
+                },
+                None => bail!(
+                    "--backend wgpu: no wgpu adapter found (on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)"
+                ),
             },
             Self::Auto => match probe_wgpu() {
-                Some((name, true)) => Backend { name: "wgpu", device_name: name, device: Device::wgpu(Default::default()), deterministic: false },
+                Some((name, true)) => Backend {
+                    name: "wgpu",
+                    device_name: name,
+                    device: Device::wgpu(Default::default()),
+                    deterministic: false,
+                },
                 _ => flex(),
             },
         })

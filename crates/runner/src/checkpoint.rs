@@ -42,12 +42,14 @@ pub struct Restored<M> {
 }
 
 fn to_host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().expect("float tensor data converts to f32")
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor data converts to f32")
 }
 
 /// Every float tensor of `module` (call on a synced module, e.g. from `valid()`).
-fn capture<M: Module>(module: &M) -> Vec<(Vec<usize>, Vec<f32>)> {
-    struct Capture(Vec<(Vec<usize>, Vec<f32>)>);
+fn capture<M: Module>(module: &M) -> Tensors {
+    struct Capture(Tensors);
     impl ModuleVisitor for Capture {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let t = param.val();
@@ -62,7 +64,7 @@ fn capture<M: Module>(module: &M) -> Vec<(Vec<usize>, Vec<f32>)> {
 }
 
 /// Replace every float tensor of `module` with the saved values, in the same order.
-fn restore<M: Module>(module: M, tensors: Vec<(Vec<usize>, Vec<f32>)>) -> Result<M> {
+fn restore<M: Module>(module: M, tensors: Tensors) -> Result<M> {
     struct Restore {
         tensors: std::vec::IntoIter<(Vec<usize>, Vec<f32>)>,
         error: Option<String>,
@@ -74,27 +76,42 @@ fn restore<M: Module>(module: M, tensors: Vec<(Vec<usize>, Vec<f32>)>) -> Result
             self.index += 1;
             let (id, tensor, mapper) = param.consume();
             let Some((shape, values)) = self.tensors.next() else {
-                self.error.get_or_insert_with(|| format!("checkpoint has fewer tensors than the model ({index})"));
+                self.error.get_or_insert_with(|| {
+                    format!("checkpoint has fewer tensors than the model ({index})")
+                });
                 return Param::from_mapped_value(id, tensor, mapper);
             };
             if shape != tensor.dims().to_vec() {
-                self.error.get_or_insert_with(|| format!("tensor {index}: checkpoint shape {shape:?}, model {:?}", tensor.dims()));
+                self.error.get_or_insert_with(|| {
+                    format!(
+                        "tensor {index}: checkpoint shape {shape:?}, model {:?}",
+                        tensor.dims()
+                    )
+                });
                 return Param::from_mapped_value(id, tensor, mapper);
             }
             let require_grad = tensor.is_require_grad();
-            let mut loaded = Tensor::<D>::from_data(TensorData::new(values, shape), &tensor.device());
+            let mut loaded =
+                Tensor::<D>::from_data(TensorData::new(values, shape), &tensor.device());
             if require_grad {
                 loaded = loaded.require_grad();
             }
             Param::from_mapped_value(id, loaded, mapper)
         }
     }
-    let mut r = Restore { tensors: tensors.into_iter(), error: None, index: 0 };
+    let mut r = Restore {
+        tensors: tensors.into_iter(),
+        error: None,
+        index: 0,
+    };
     let module = module.map(&mut r);
     if let Some(e) = r.error {
         bail!(e);
     }
-    ensure!(r.tensors.len() == 0, "checkpoint has more tensors than the model");
+    ensure!(
+        r.tensors.len() == 0,
+        "checkpoint has more tensors than the model"
+    );
     Ok(module)
 }
 
@@ -112,20 +129,31 @@ fn list(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     };
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(epoch) = name.strip_prefix("epoch-").and_then(|s| s.strip_suffix(".ckpt")).and_then(|s| s.parse().ok()) {
+        if let Some(epoch) = name
+            .strip_prefix("epoch-")
+            .and_then(|s| s.strip_suffix(".ckpt"))
+            .and_then(|s| s.parse().ok())
+        {
             found.push((epoch, dir.join(name)));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     Ok(found)
 }
 
 /// Save a checkpoint after `epoch` completed epochs; `synced` is the model after `valid()`
 /// (so batch-norm statistics are current). Older checkpoints beyond [`KEEP`] are removed.
-pub fn save<M: Module>(dir: &Path, epoch: u32, iteration: u64, synced: &M, sgd: &SgdState) -> Result<PathBuf> {
+pub fn save<M: Module>(
+    dir: &Path,
+    epoch: u32,
+    iteration: u64,
+    synced: &M,
+    sgd: &SgdState,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tensors = capture(synced);
-    let momentum: Vec<Option<Vec<f32>>> = sgd.buffers.iter().map(|b| b.clone().map(to_host)).collect();
+    let momentum: Vec<Option<Vec<f32>>> =
+        sgd.buffers.iter().map(|b| b.clone().map(to_host)).collect();
     let meta = Meta {
         epoch,
         iteration,
@@ -133,11 +161,17 @@ pub fn save<M: Module>(dir: &Path, epoch: u32, iteration: u64, synced: &M, sgd: 
         momentum_sizes: momentum.iter().map(|b| b.as_ref().map(Vec::len)).collect(),
     };
     let json = serde_json::to_vec(&meta)?;
-    let mut bytes = Vec::with_capacity(16 + json.len() + 4 * tensors.iter().map(|(_, v)| v.len()).sum::<usize>());
+    let mut bytes = Vec::with_capacity(
+        16 + json.len() + 4 * tensors.iter().map(|(_, v)| v.len()).sum::<usize>(),
+    );
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&json);
-    for values in tensors.iter().map(|(_, v)| v).chain(momentum.iter().flatten()) {
+    for values in tensors
+        .iter()
+        .map(|(_, v)| v)
+        .chain(momentum.iter().flatten())
+    {
         for v in values {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
@@ -155,46 +189,86 @@ pub fn save<M: Module>(dir: &Path, epoch: u32, iteration: u64, synced: &M, sgd: 
 fn floats(bytes: &[u8], count: usize, at: &mut usize) -> Result<Vec<f32>> {
     let end = *at + 4 * count;
     ensure!(end <= bytes.len(), "file ends inside the tensor data");
-    let values = bytes[*at..end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values = bytes[*at..end]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     *at = end;
     Ok(values)
 }
 
-fn read(path: &Path, device: &Device) -> Result<(Meta, Vec<(Vec<usize>, Vec<f32>)>, SgdState)> {
+/// Shapes and values of every model tensor, in module order.
+type Tensors = Vec<(Vec<usize>, Vec<f32>)>;
+
+fn read(path: &Path, device: &Device) -> Result<(Meta, Tensors, SgdState)> {
     let bytes = std::fs::read(path)?;
-    ensure!(bytes.len() >= MAGIC.len() + 12 && &bytes[..8] == MAGIC, "not a lossbench checkpoint (bad header or truncated)");
+    ensure!(
+        bytes.len() >= MAGIC.len() + 12 && &bytes[..8] == MAGIC,
+        "not a lossbench checkpoint (bad header or truncated)"
+    );
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    ensure!(crc32fast::hash(body) == stored, "checksum mismatch (truncated or corrupted)");
+    ensure!(
+        crc32fast::hash(body) == stored,
+        "checksum mismatch (truncated or corrupted)"
+    );
     let json_len = u64::from_le_bytes(body[8..16].try_into()?) as usize;
-    ensure!(16 + json_len <= body.len(), "metadata length beyond the end of the file");
+    ensure!(
+        16 + json_len <= body.len(),
+        "metadata length beyond the end of the file"
+    );
     let meta: Meta = serde_json::from_slice(&body[16..16 + json_len])?;
     let mut at = 16 + json_len;
     let mut tensors = Vec::new();
     for shape in &meta.model_shapes {
-        tensors.push((shape.clone(), floats(body, shape.iter().product(), &mut at)?));
+        tensors.push((
+            shape.clone(),
+            floats(body, shape.iter().product(), &mut at)?,
+        ));
     }
     let mut sgd = SgdState::default();
     for size in &meta.momentum_sizes {
         sgd.buffers.push(match size {
-            Some(n) => Some(Tensor::from_data(TensorData::new(floats(body, *n, &mut at)?, [*n]), device)),
+            Some(n) => Some(Tensor::from_data(
+                TensorData::new(floats(body, *n, &mut at)?, [*n]),
+                device,
+            )),
             None => None,
         });
     }
-    ensure!(at == body.len(), "{} unexpected bytes after the data", body.len() - at);
+    ensure!(
+        at == body.len(),
+        "{} unexpected bytes after the data",
+        body.len() - at
+    );
     Ok((meta, tensors, sgd))
 }
 
 /// Restore the newest readable checkpoint in `dir` into `model`. Unreadable ones are reported
 /// through `warn` and skipped. `None` when there is no usable checkpoint.
-pub fn load_latest<M: Module>(dir: &Path, model: M, device: &Device, mut warn: impl FnMut(String)) -> Result<Option<Restored<M>>> {
+pub fn load_latest<M: Module>(
+    dir: &Path,
+    model: M,
+    device: &Device,
+    mut warn: impl FnMut(String),
+) -> Result<Option<Restored<M>>> {
     for (_, path) in list(dir)? {
         match read(&path, &device.clone().inner()) {
             Ok((meta, tensors, sgd)) => {
-                let model = restore(model, tensors).with_context(|| format!("{} does not fit this model", path.display()))?;
-                return Ok(Some(Restored { model, sgd, epoch: meta.epoch, iteration: meta.iteration, path }));
+                let model = restore(model, tensors)
+                    .with_context(|| format!("{} does not fit this model", path.display()))?;
+                return Ok(Some(Restored {
+                    model,
+                    sgd,
+                    epoch: meta.epoch,
+                    iteration: meta.iteration,
+                    path,
+                }));
             }
-            Err(e) => warn(format!("checkpoint {} is unusable ({e}); trying the previous one", path.display())),
+            Err(e) => warn(format!(
+                "checkpoint {} is unusable ({e}); trying the previous one",
+                path.display()
+            )),
         }
     }
     Ok(None)
@@ -204,7 +278,8 @@ pub fn load_latest<M: Module>(dir: &Path, model: M, device: &Device, mut warn: i
 pub fn remove_after(dir: &Path, epoch: u32) -> Result<()> {
     for (e, path) in list(dir)? {
         if e > epoch {
-            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
     Ok(())

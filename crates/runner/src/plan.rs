@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use lossbench_data::{ChannelStats, Kind, Split, fetch, load, synth};
 use lossbench_experiment::{
-    DataSetName, EXPERIMENT_COPY, Experiment, RunDir, RunManifest, RunStatus, atomic_write, experiment_dir, now_rfc3339,
-    read_metrics,
+    DataSetName, EXPERIMENT_COPY, Experiment, RunDir, RunManifest, RunStatus, atomic_write,
+    experiment_dir, now_rfc3339, read_metrics,
 };
 use lossbench_head::ResolvedParams;
 use lossbench_registry::resolve_params;
@@ -59,7 +59,8 @@ pub struct RunLock {
 impl RunLock {
     /// Lock `run` or explain who holds it.
     pub fn acquire(run: &RunDir) -> Result<Self> {
-        std::fs::create_dir_all(&run.path).with_context(|| format!("cannot create {}", run.path.display()))?;
+        std::fs::create_dir_all(&run.path)
+            .with_context(|| format!("cannot create {}", run.path.display()))?;
         let path = run.lock();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -71,14 +72,23 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {
                 file.set_len(0)?;
-                std::fs::write(&path, format!("pid {} since {}\n", std::process::id(), now_rfc3339()))?;
+                std::fs::write(
+                    &path,
+                    format!("pid {} since {}\n", std::process::id(), now_rfc3339()),
+                )?;
                 Ok(Self { _file: file })
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                bail!("{} is in use by another lossbench process ({}); wait for it to finish or stop it", run.path.display(), holder.trim())
+                bail!(
+                    "{} is in use by another lossbench process ({}); wait for it to finish or stop it",
+                    run.path.display(),
+                    holder.trim()
+                )
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
         }
     }
 }
@@ -91,14 +101,29 @@ fn kind(name: DataSetName) -> Kind {
 }
 
 /// Load the experiment's data, generating the synthetic set first if it asks for one.
-pub fn load_data(experiment: &Experiment, dir_override: Option<&Path>, progress: &Progress) -> Result<Data> {
+pub fn load_data(
+    experiment: &Experiment,
+    dir_override: Option<&Path>,
+    progress: &Progress,
+) -> Result<Data> {
     let dir = dir_override.unwrap_or(&experiment.data.dir);
     let kind = kind(experiment.data.set);
     if let Some(s) = experiment.data.synthetic {
-        let wanted = synth::SynthConfig { classes: s.classes, train_per_class: s.train_per_class, test_per_class: s.test_per_class, seed: s.seed };
+        let wanted = synth::SynthConfig {
+            classes: s.classes,
+            train_per_class: s.train_per_class,
+            test_per_class: s.test_per_class,
+            seed: s.seed,
+        };
         let present = synth::SynthManifest::read(dir)?;
-        if present.as_ref().is_none_or(|m| (m.classes, m.train_per_class, m.test_per_class, m.seed) != (s.classes, s.train_per_class, s.test_per_class, s.seed)) {
-            progress.line(&format!("generating the synthetic data set in {}", dir.display()));
+        if present.as_ref().is_none_or(|m| {
+            (m.classes, m.train_per_class, m.test_per_class, m.seed)
+                != (s.classes, s.train_per_class, s.test_per_class, s.seed)
+        }) {
+            progress.line(&format!(
+                "generating the synthetic data set in {}",
+                dir.display()
+            ));
             synth::write(dir, wanted)?;
         }
     }
@@ -109,23 +134,41 @@ pub fn load_data(experiment: &Experiment, dir_override: Option<&Path>, progress:
 }
 
 /// Download the experiment's data set into the parent of `data.dir` unless it loads already.
-fn fetch_if_missing(experiment: &Experiment, dir_override: Option<&Path>, progress: &Progress) -> Result<()> {
+fn fetch_if_missing(
+    experiment: &Experiment,
+    dir_override: Option<&Path>,
+    progress: &Progress,
+) -> Result<()> {
     let dir = dir_override.unwrap_or(&experiment.data.dir);
     let kind = kind(experiment.data.set);
     if load(dir, kind, Split::Train).is_ok() && load(dir, kind, Split::Test).is_ok() {
         return Ok(());
     }
     if dir.file_name().and_then(|n| n.to_str()) != Some(kind.folder()) {
-        bail!("cannot fetch into {}: the official archive extracts to a folder named {}; point data.dir there", dir.display(), kind.folder());
+        bail!(
+            "cannot fetch into {}: the official archive extracts to a folder named {}; point data.dir there",
+            dir.display(),
+            kind.folder()
+        );
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    progress.line(&format!("{} is missing: fetching {}", dir.display(), kind.name()));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    progress.line(&format!(
+        "{} is missing: fetching {}",
+        dir.display(),
+        kind.name()
+    ));
     fetch::fetch(parent, kind, &fetch::Source::official(kind), true)?;
     Ok(())
 }
 
 fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
     let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
     if !out.status.success() || commit.is_empty() {
         return None;
@@ -134,7 +177,11 @@ fn git_commit() -> Option<String> {
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
-    Some(if dirty { format!("{commit}-dirty") } else { commit })
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
 }
 
 /// Images per second of a training step measured on these machines (see BENCHMARKS.md);
@@ -170,41 +217,73 @@ struct Planned {
 }
 
 /// Run every selected (loss, seed) of the experiment in `path`.
-pub fn run_experiment(path: &Path, options: &RunOptions, progress: &mut Progress) -> Result<Vec<RunReport>> {
+pub fn run_experiment(
+    path: &Path,
+    options: &RunOptions,
+    progress: &mut Progress,
+) -> Result<Vec<RunReport>> {
     let experiment = Experiment::load(path)?;
     let mut planned = Vec::new();
     for wanted in &options.losses {
         if !experiment.losses.iter().any(|l| &l.name == wanted) {
             let names: Vec<_> = experiment.losses.iter().map(|l| l.name.as_str()).collect();
-            bail!("--loss {wanted}: not in {} (it has {})", path.display(), names.join(", "));
+            bail!(
+                "--loss {wanted}: not in {} (it has {})",
+                path.display(),
+                names.join(", ")
+            );
         }
     }
     if options.epochs == Some(0) {
         bail!("--epochs 0 is invalid: must be at least 1");
     }
     for entry in &experiment.losses {
-        let params = resolve_params(&entry.name, &entry.params).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let params = resolve_params(&entry.name, &entry.params)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if !options.losses.is_empty() && !options.losses.contains(&entry.name) {
             continue;
         }
-        let seeds = if options.seeds.is_empty() { experiment.seeds.clone() } else { options.seeds.clone() };
+        let seeds = if options.seeds.is_empty() {
+            experiment.seeds.clone()
+        } else {
+            options.seeds.clone()
+        };
         for seed in seeds {
-            let epochs = options.epochs.unwrap_or_else(|| experiment.epochs_for(&entry.name));
-            planned.push(Planned { loss: entry.name.clone(), params: params.clone(), seed, epochs });
+            let epochs = options
+                .epochs
+                .unwrap_or_else(|| experiment.epochs_for(&entry.name));
+            planned.push(Planned {
+                loss: entry.name.clone(),
+                params: params.clone(),
+                seed,
+                epochs,
+            });
         }
     }
+    // Fail on an unwritable results folder before any long work.
+    let root = experiment_dir(&options.results, &experiment.name);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    atomic_write(&root.join(EXPERIMENT_COPY), experiment.to_toml().as_bytes())?;
     if options.fetch && experiment.data.synthetic.is_none() {
         fetch_if_missing(&experiment, options.data_dir.as_deref(), progress)?;
     }
     let backend = options.backend.resolve()?;
     let data = load_data(&experiment, options.data_dir.as_deref(), progress)?;
-    let root = experiment_dir(&options.results, &experiment.name);
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    atomic_write(&root.join(EXPERIMENT_COPY), experiment.to_toml().as_bytes())?;
 
-    let images: f64 = planned.iter().map(|p| f64::from(p.epochs) * data.train.len() as f64).sum();
+    let images: f64 = planned
+        .iter()
+        .map(|p| f64::from(p.epochs) * data.train.len() as f64)
+        .sum();
     let estimate = known_throughput(backend.name, &experiment.model.arch, experiment.model.width)
-        .map_or_else(|| "unknown until the first epoch ends".to_string(), |ips| format!("about {} of training (at most; finished runs are skipped)", format_duration(images / ips)));
+        .map_or_else(
+            || "unknown until the first epoch ends".to_string(),
+            |ips| {
+                format!(
+                    "about {} of training (at most; finished runs are skipped)",
+                    format_duration(images / ips)
+                )
+            },
+        );
     progress.line(&format!(
         "experiment {}: {} runs on {} ({}), data {} ({} train / {} test images{}); estimate: {estimate}",
         experiment.name,
@@ -228,7 +307,16 @@ pub fn run_experiment(path: &Path, options: &RunOptions, progress: &mut Progress
                 progress.line(&format!("{label} skipped: {message}"));
                 (RunStatus::Failed, message)
             }
-            Ok(_lock) => match execute(&experiment, p, &run, &backend, &data, options.resume, &label, progress) {
+            Ok(_lock) => match execute(
+                &experiment,
+                p,
+                &run,
+                &backend,
+                &data,
+                options.resume,
+                &label,
+                progress,
+            ) {
                 Ok(report) => report,
                 Err(e) => {
                     let message = format!("{e:#}");
@@ -238,7 +326,12 @@ pub fn run_experiment(path: &Path, options: &RunOptions, progress: &mut Progress
                 }
             },
         };
-        reports.push(RunReport { loss: p.loss.clone(), seed: p.seed, status, detail });
+        reports.push(RunReport {
+            loss: p.loss.clone(),
+            seed: p.seed,
+            status,
+            detail,
+        });
     }
     Ok(reports)
 }
@@ -267,23 +360,44 @@ fn execute(
     let previous = RunManifest::read(&run.manifest()).ok();
     if let Some(prev) = &previous {
         if !resume {
-            bail!("{} already holds results (status {:?}); pass --resume to continue it, or delete the folder to start over", run.path.display(), prev.status);
+            bail!(
+                "{} already holds results (status {:?}); pass --resume to continue it, or delete the folder to start over",
+                run.path.display(),
+                prev.status
+            );
         }
         let done = read_metrics(run).map(|r| r.len() as u32).unwrap_or(0);
         match prev.status {
             RunStatus::Completed if done >= p.epochs => {
-                progress.line(&format!("{label} already completed ({done} epochs), skipped"));
+                progress.line(&format!(
+                    "{label} already completed ({done} epochs), skipped"
+                ));
                 return Ok((RunStatus::Completed, "already completed".into()));
             }
             RunStatus::Diverged => {
-                progress.line(&format!("{label} diverged earlier (step {:?}), skipped", prev.diverged_at_step));
-                return Ok((RunStatus::Diverged, format!("diverged at step {}", prev.diverged_at_step.unwrap_or(0))));
+                progress.line(&format!(
+                    "{label} diverged earlier (step {:?}), skipped",
+                    prev.diverged_at_step
+                ));
+                return Ok((
+                    RunStatus::Diverged,
+                    format!("diverged at step {}", prev.diverged_at_step.unwrap_or(0)),
+                ));
             }
             _ => {}
         }
     }
     let device = backend.device.clone().autodiff();
-    let spec = RunSpec { experiment, loss: &p.loss, params: &p.params, seed: p.seed, epochs: p.epochs, run_dir: run, device: &device, label: label.to_string() };
+    let spec = RunSpec {
+        experiment,
+        loss: &p.loss,
+        params: &p.params,
+        seed: p.seed,
+        epochs: p.epochs,
+        run_dir: run,
+        device: &device,
+        label: label.to_string(),
+    };
     let begin = start(&spec, data, resume, progress)?;
     let mut manifest = RunManifest {
         experiment: experiment.name.clone(),
@@ -298,12 +412,18 @@ fn execute(
         backend: backend.name.to_string(),
         device: backend.device_name.clone(),
         versions: BTreeMap::from([
-            ("lossbench".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (
+                "lossbench".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
             ("burn".to_string(), BURN_VERSION.to_string()),
         ]),
         git_commit: git_commit(),
         synthetic_data: data.train.synthetic,
-        started_at: previous.as_ref().filter(|_| begin.epoch > 0).map_or_else(now_rfc3339, |m| m.started_at.clone()),
+        started_at: previous
+            .as_ref()
+            .filter(|_| begin.epoch > 0)
+            .map_or_else(now_rfc3339, |m| m.started_at.clone()),
         updated_at: now_rfc3339(),
         finished_at: None,
         config: serde_json::to_value(experiment)?,

@@ -19,13 +19,21 @@ impl Progress {
     /// Bars when stderr is a terminal, plain lines otherwise.
     #[must_use]
     pub fn auto() -> Self {
-        Self { interactive: std::io::stderr().is_terminal(), quiet: false, bar: None }
+        Self {
+            interactive: std::io::stderr().is_terminal(),
+            quiet: false,
+            bar: None,
+        }
     }
 
     /// No output at all (tests).
     #[must_use]
     pub fn quiet() -> Self {
-        Self { interactive: false, quiet: true, bar: None }
+        Self {
+            interactive: false,
+            quiet: true,
+            bar: None,
+        }
     }
 
     /// A line of information.
@@ -46,8 +54,10 @@ impl Progress {
         }
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
-            ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("{label} epoch {epoch}/{epochs}"));
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -57,7 +67,9 @@ impl Progress {
     /// A training batch finished.
     pub fn batch(&self, mean_loss: f64, top1: f64, images_per_second: f64) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("loss {mean_loss:.4} acc {top1:.3} {images_per_second:.0} img/s"));
+            bar.set_message(format!(
+                "loss {mean_loss:.4} acc {top1:.3} {images_per_second:.0} img/s"
+            ));
             bar.inc(1);
         }
     }

@@ -36,13 +36,19 @@ impl LrSchedule {
             Schedule::Constant => self.base,
             Schedule::Multistep { milestones, gamma } => {
                 let epoch = step / self.steps_per_epoch;
-                let passed = milestones.iter().filter(|&&m| u64::from(m) <= epoch).count();
+                let passed = milestones
+                    .iter()
+                    .filter(|&&m| u64::from(m) <= epoch)
+                    .count();
                 self.base * gamma.powi(passed as i32)
             }
             Schedule::Cosine { min_lr } => {
                 let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
                 let progress = (step - self.warmup_steps) as f64 / span as f64;
-                min_lr + (self.base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+                min_lr
+                    + (self.base - min_lr)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
             }
         }
     }
@@ -68,9 +74,23 @@ mod tests {
 
     #[test]
     fn warmup_then_multistep() {
-        let s = LrSchedule::new(&training(Schedule::Multistep { milestones: vec![3, 6], gamma: 0.2 }, 1), 10, 4);
+        let s = LrSchedule::new(
+            &training(
+                Schedule::Multistep {
+                    milestones: vec![3, 6],
+                    gamma: 0.2,
+                },
+                1,
+            ),
+            10,
+            4,
+        );
         for (t, want) in [0.025, 0.05, 0.075, 0.1].into_iter().enumerate() {
-            assert!((s.at(t as u64) - want).abs() < 1e-15, "step {t}: {}", s.at(t as u64));
+            assert!(
+                (s.at(t as u64) - want).abs() < 1e-15,
+                "step {t}: {}",
+                s.at(t as u64)
+            );
         }
         assert_eq!(s.at(4), 0.1);
         assert!((s.at(12) - 0.02).abs() < 1e-15); // epoch 3

@@ -26,8 +26,20 @@ pub struct SgdState {
 
 impl SgdState {
     /// Apply one step to every parameter of `module` that has a gradient in `grads`.
-    pub fn step<M: Module>(&mut self, module: M, grads: &Gradients, lr: f64, config: SgdConfig) -> M {
-        let mut step = SgdStep { grads, lr, config, state: self, index: 0 };
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        grads: &Gradients,
+        lr: f64,
+        config: SgdConfig,
+    ) -> M {
+        let mut step = SgdStep {
+            grads,
+            lr,
+            config,
+            state: self,
+            index: 0,
+        };
         module.map(&mut step)
     }
 }
@@ -64,7 +76,11 @@ impl ModuleMapper for SgdStep<'_> {
                 Some(b) => b.reshape(shape.clone()).mul_scalar(self.config.momentum) + g.clone(),
                 None => g.clone(),
             };
-            g = if self.config.nesterov { g + buffer.clone().mul_scalar(self.config.momentum) } else { buffer.clone() };
+            g = if self.config.nesterov {
+                g + buffer.clone().mul_scalar(self.config.momentum)
+            } else {
+                buffer.clone()
+            };
             self.state.buffers[index] = Some(buffer.reshape([n]));
         }
         let mut updated = Tensor::from_inner(value - g.mul_scalar(self.lr));

@@ -39,10 +39,20 @@ pub fn backbone_config(experiment: &Experiment) -> Result<ResNetConfig> {
 impl Net {
     /// The initial network of a run: the backbone from the seed alone (identical for every
     /// loss), the head from the seed and its own parameters.
-    pub fn init(experiment: &Experiment, loss: &str, params: &ResolvedParams, num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        experiment: &Experiment,
+        loss: &str,
+        params: &ResolvedParams,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let config = backbone_config(experiment)?;
         let backbone = config.init(seed, device)?;
-        let dims = HeadDims { num_classes, feature_dim: config.feature_dim() };
+        let dims = HeadDims {
+            num_classes,
+            feature_dim: config.feature_dim(),
+        };
         let head = init_head(loss, params, dims, seed, device)?;
         Ok(Self { backbone, head })
     }
@@ -75,7 +85,9 @@ pub struct RunSpec<'a> {
 pub enum Ending {
     Completed,
     /// The loss of this 0-based step was NaN or infinite.
-    Diverged { step: u64 },
+    Diverged {
+        step: u64,
+    },
 }
 
 /// Where a run starts: fresh, or from a checkpoint.
@@ -90,10 +102,19 @@ pub struct Start {
 
 /// The initial state of a run, resumed from its newest usable checkpoint if `resume`.
 pub fn start(spec: &RunSpec<'_>, data: &Data, resume: bool, progress: &Progress) -> Result<Start> {
-    let net = Net::init(spec.experiment, spec.loss, spec.params, data.train.num_classes, spec.seed, spec.device)?;
+    let net = Net::init(
+        spec.experiment,
+        spec.loss,
+        spec.params,
+        data.train.num_classes,
+        spec.seed,
+        spec.device,
+    )?;
     if resume {
         let dir = spec.run_dir.checkpoints();
-        if let Some(r) = checkpoint::load_latest(&dir, net.clone(), spec.device, |w| progress.line(&format!("warning: {w}")))? {
+        if let Some(r) = checkpoint::load_latest(&dir, net.clone(), spec.device, |w| {
+            progress.line(&format!("warning: {w}"))
+        })? {
             let mut records = read_metrics(spec.run_dir)?;
             records.truncate(r.epoch as usize);
             anyhow::ensure!(
@@ -104,22 +125,47 @@ pub fn start(spec: &RunSpec<'_>, data: &Data, resume: bool, progress: &Progress)
                 r.epoch
             );
             checkpoint::remove_after(&dir, r.epoch)?;
-            progress.line(&format!("{}: resuming after epoch {} from {}", spec.label, r.epoch, r.path.display()));
-            return Ok(Start { net: r.model, sgd: r.sgd, epoch: r.epoch, iteration: r.iteration, records });
+            progress.line(&format!(
+                "{}: resuming after epoch {} from {}",
+                spec.label,
+                r.epoch,
+                r.path.display()
+            ));
+            return Ok(Start {
+                net: r.model,
+                sgd: r.sgd,
+                epoch: r.epoch,
+                iteration: r.iteration,
+                records,
+            });
         }
     }
-    Ok(Start { net, sgd: SgdState::default(), epoch: 0, iteration: 0, records: Vec::new() })
+    Ok(Start {
+        net,
+        sgd: SgdState::default(),
+        epoch: 0,
+        iteration: 0,
+        records: Vec::new(),
+    })
 }
 
 fn upload(batch: &Batch, num_classes: usize, device: &Device) -> Result<(Tensor<4>, Labels)> {
-    let images = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [batch.len(), 3, 32, 32]), device);
+    let images = Tensor::<4>::from_data(
+        TensorData::new(batch.images.clone(), [batch.len(), 3, 32, 32]),
+        device,
+    );
     let labels = Labels::new(&batch.labels, num_classes, device)?;
     Ok((images, labels))
 }
 
 fn host_matrix(t: Tensor<2>) -> (Vec<f32>, usize) {
     let [_, cols] = t.dims();
-    (t.into_data().try_into_vec_as::<f32>().expect("float tensor data converts to f32"), cols)
+    (
+        t.into_data()
+            .try_into_vec_as::<f32>()
+            .expect("float tensor data converts to f32"),
+        cols,
+    )
 }
 
 /// Correct top-1 and top-k predictions of `logits` (row-major, `classes` per row).
@@ -140,7 +186,12 @@ fn angle_sums(cosines: &[f32], classes: usize, labels: &[i64]) -> (f64, f64) {
     let (mut target, mut other) = (0.0, 0.0);
     for (row, &label) in cosines.chunks_exact(classes).zip(labels) {
         let y = label as usize;
-        let nearest = row.iter().enumerate().filter(|&(j, _)| j != y).map(|(_, &c)| c).fold(f32::NEG_INFINITY, f32::max);
+        let nearest = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != y)
+            .map(|(_, &c)| c)
+            .fold(f32::NEG_INFINITY, f32::max);
         target += f64::from(row[y]).clamp(-1.0, 1.0).acos().to_degrees();
         if nearest.is_finite() {
             other += f64::from(nearest).clamp(-1.0, 1.0).acos().to_degrees();
@@ -158,15 +209,26 @@ struct Evaluation {
     nearest_angle: f64,
 }
 
-fn evaluate(net: &Net, data: &Data, batch_size: usize, iteration: u64, device: &Device) -> Result<Evaluation> {
+fn evaluate(
+    net: &Net,
+    data: &Data,
+    batch_size: usize,
+    iteration: u64,
+    device: &Device,
+) -> Result<Evaluation> {
     let batcher = Batcher::eval(&data.test, data.stats, batch_size);
     let classes = data.test.num_classes;
     let k = classes.min(5);
-    let (mut loss_sum, mut top1, mut topk, mut target, mut nearest, mut n) = (0.0, 0, 0, 0.0, 0.0, 0usize);
+    let (mut loss_sum, mut top1, mut topk, mut target, mut nearest, mut n) =
+        (0.0, 0, 0, 0.0, 0.0, 0usize);
     for batch in batcher.iter() {
         let (images, labels) = upload(&batch, classes, device)?;
         let features = net.backbone.forward_features(images); // [batch, dim]
-        let loss: f64 = net.head.loss(features.clone(), &labels, iteration).into_scalar::<f32>().into();
+        let loss: f64 = net
+            .head
+            .loss(features.clone(), &labels, iteration)
+            .into_scalar::<f32>()
+            .into();
         let (logits, _) = host_matrix(net.head.logits(features.clone()));
         let (cosines, _) = host_matrix(net.head.class_cosines(features));
         let (c1, ck) = correct_topk(&logits, classes, &batch.labels, k);
@@ -179,23 +241,51 @@ fn evaluate(net: &Net, data: &Data, batch_size: usize, iteration: u64, device: &
         n += batch.len();
     }
     let n = n.max(1) as f64;
-    Ok(Evaluation { loss: loss_sum / n, top1: top1 as f64 / n, top5: topk as f64 / n, target_angle: target / n, nearest_angle: nearest / n })
+    Ok(Evaluation {
+        loss: loss_sum / n,
+        top1: top1 as f64 / n,
+        top5: topk as f64 / n,
+        target_angle: target / n,
+        nearest_angle: nearest / n,
+    })
 }
 
 /// Train from `start` to `spec.epochs`, writing metrics and a checkpoint after every epoch.
 /// `on_epoch` is called after each epoch's files are on disk.
-pub fn train(spec: &RunSpec<'_>, data: &Data, start: Start, progress: &mut Progress, mut on_epoch: impl FnMut(&EpochRecord) -> Result<()>) -> Result<Ending> {
+pub fn train(
+    spec: &RunSpec<'_>,
+    data: &Data,
+    start: Start,
+    progress: &mut Progress,
+    mut on_epoch: impl FnMut(&EpochRecord) -> Result<()>,
+) -> Result<Ending> {
     let t = &spec.experiment.training;
     let device = spec.device;
     let classes = data.train.num_classes;
     let steps_per_epoch = data.train.len().div_ceil(t.batch_size) as u64;
     let schedule = LrSchedule::new(t, spec.epochs, steps_per_epoch);
-    let sgd_config = SgdConfig { momentum: t.momentum, weight_decay: t.weight_decay, nesterov: t.nesterov };
-    let Start { mut net, mut sgd, epoch: first, mut iteration, mut records } = start;
+    let sgd_config = SgdConfig {
+        momentum: t.momentum,
+        weight_decay: t.weight_decay,
+        nesterov: t.nesterov,
+    };
+    let Start {
+        mut net,
+        mut sgd,
+        epoch: first,
+        mut iteration,
+        mut records,
+    } = start;
 
     for epoch in first..spec.epochs {
         let started = Instant::now();
-        let batcher = Batcher::train(&data.train, data.stats, t.batch_size, spec.seed, u64::from(epoch));
+        let batcher = Batcher::train(
+            &data.train,
+            data.stats,
+            t.batch_size,
+            spec.seed,
+            u64::from(epoch),
+        );
         progress.start_epoch(&spec.label, epoch + 1, spec.epochs, batcher.len());
         let (mut loss_sum, mut correct, mut seen, mut lr) = (0.0, 0usize, 0usize, 0.0);
         let mut next = Some(batcher.batch(0));
@@ -204,7 +294,8 @@ pub fn train(spec: &RunSpec<'_>, data: &Data, start: Start, progress: &mut Progr
             // Build the next batch on another thread while this step runs. The step itself
             // stays on this thread: burn keeps batch-norm running statistics per thread.
             let (step, prefetched) = std::thread::scope(|scope| {
-                let prefetch = scope.spawn(|| (b + 1 < batcher.len()).then(|| batcher.batch(b + 1)));
+                let prefetch =
+                    scope.spawn(|| (b + 1 < batcher.len()).then(|| batcher.batch(b + 1)));
                 let step = (|| -> Result<(Net, f64, usize, Option<u64>)> {
                     let (images, labels) = upload(&batch, classes, device)?;
                     let features = net.backbone.forward_features(images); // [batch, dim]
@@ -222,10 +313,14 @@ pub fn train(spec: &RunSpec<'_>, data: &Data, start: Start, progress: &mut Progr
                 })();
                 (step, prefetch.join())
             });
-            let prefetched = prefetched.map_err(|_| anyhow::anyhow!("the batch-preparation thread panicked"))?;
+            let prefetched =
+                prefetched.map_err(|_| anyhow::anyhow!("the batch-preparation thread panicked"))?;
             let (updated, value, c1, diverged) = step?;
             if let Some(step) = diverged {
-                progress.line(&format!("{}: loss is {value} at step {step}: diverged, stopping this run", spec.label));
+                progress.line(&format!(
+                    "{}: loss is {value} at step {step}: diverged, stopping this run",
+                    spec.label
+                ));
                 return Ok(Ending::Diverged { step });
             }
             net = updated;
@@ -234,13 +329,23 @@ pub fn train(spec: &RunSpec<'_>, data: &Data, start: Start, progress: &mut Progr
             loss_sum += value * batch.len() as f64;
             correct += c1;
             seen += batch.len();
-            progress.batch(loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / started.elapsed().as_secs_f64());
+            progress.batch(
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / started.elapsed().as_secs_f64(),
+            );
         }
         let train_seconds = started.elapsed().as_secs_f64();
         // Snapshots without autodiff, batch-norm statistics synced. Evaluation gets its own, so
         // a head with state (an adaptive scale) cannot carry test batches into the checkpoint.
         let snapshot = net.valid();
-        let eval = evaluate(&net.valid(), data, t.eval_batch_size, iteration, &device.clone().inner())?;
+        let eval = evaluate(
+            &net.valid(),
+            data,
+            t.eval_batch_size,
+            iteration,
+            &device.clone().inner(),
+        )?;
         let record = EpochRecord {
             experiment: spec.experiment.name.clone(),
             loss: spec.loss.to_string(),
@@ -262,7 +367,13 @@ pub fn train(spec: &RunSpec<'_>, data: &Data, start: Start, progress: &mut Progr
         // Metrics first, then the checkpoint: a crash between the two leaves metrics one epoch
         // ahead of the newest checkpoint, which `start` trims and recomputes identically.
         write_metrics(spec.run_dir, &records)?;
-        checkpoint::save(&spec.run_dir.checkpoints(), epoch + 1, iteration, &snapshot, &sgd)?;
+        checkpoint::save(
+            &spec.run_dir.checkpoints(),
+            epoch + 1,
+            iteration,
+            &snapshot,
+            &sgd,
+        )?;
         progress.end_epoch(&spec.label, spec.epochs, &record);
         on_epoch(&record)?;
     }

@@ -2,6 +2,8 @@
 //! backward and every loss head agree within a stated tolerance. Skipped, with a message,
 //! when no wgpu adapter exists. Slow (shader compilation): `just test-slow`.
 
+mod common;
+
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use lossbench_head::{HeadDims, Labels};
@@ -13,14 +15,20 @@ const REL_TOL: f32 = 2e-3;
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     let n = t.shape().num_elements();
-    t.reshape([n]).into_data().try_into_vec_as::<f32>().expect("f32")
+    t.reshape([n])
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32")
 }
 
 fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(1e-6_f32, |m, v| m.max(v.abs()));
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= REL_TOL * scale, "{what}[{i}]: flex {y}, wgpu {x} (scale {scale})");
+        assert!(
+            (x - y).abs() <= REL_TOL * scale,
+            "{what}[{i}]: flex {y}, wgpu {x} (scale {scale})"
+        );
     }
 }
 
@@ -37,22 +45,36 @@ fn wgpu_device() -> Option<Device> {
     }
 }
 
-/// Loss value and gradients of features and weights of every head on `device`.
-fn heads_on(device: &Device) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>)> {
+/// Name, loss value and gradients of features and weights of one head.
+type HeadOutputs = (String, Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// [`HeadOutputs`] of every registered head on `device`.
+fn heads_on(device: &Device) -> Vec<HeadOutputs> {
     let device = device.clone().autodiff();
-    let dims = HeadDims { num_classes: 6, feature_dim: 8 };
-    let x_values: Vec<f32> = (0..32).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
+    let dims = HeadDims {
+        num_classes: 6,
+        feature_dim: 8,
+    };
+    let x_values: Vec<f32> = (0..32)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0)
+        .collect();
     LOSSES
         .iter()
         .map(|spec| {
             let params = resolve_params(spec.name, &serde_json::Map::new()).expect("defaults");
             let head = init_head(spec.name, &params, dims, 5, &device).expect("head");
-            let x = Tensor::<2>::from_data(TensorData::new(x_values.clone(), [4, 8]), &device).require_grad();
+            let x = Tensor::<2>::from_data(TensorData::new(x_values.clone(), [4, 8]), &device)
+                .require_grad();
             let labels = Labels::new(&[0, 5, 2, 2], 6, &device).expect("labels");
             let loss = head.loss(x.clone(), &labels, 10);
             let grads = loss.backward();
             let w = head.weight();
-            (spec.name.to_string(), host(loss.inner()), host(x.grad(&grads).expect("grad x")), host(w.grad(&grads).expect("grad w")))
+            (
+                spec.name.to_string(),
+                host(loss.inner()),
+                host(x.grad(&grads).expect("grad x")),
+                host(w.grad(&grads).expect("grad w")),
+            )
         })
         .collect()
 }
@@ -70,8 +92,13 @@ fn loss_heads_agree_between_flex_and_wgpu() {
 
 fn resnet_on(device: &Device) -> (Vec<f32>, Vec<f32>) {
     let device = device.clone().autodiff();
-    let model = ResNetConfig::new(Arch::ResNet18).with_width(0.0625).init(7, &device).expect("model");
-    let images: Vec<f32> = (0..2 * 3 * 32 * 32).map(|i| ((i * 7919 % 255) as f32 / 127.0) - 1.0).collect();
+    let model = ResNetConfig::new(Arch::ResNet18)
+        .with_width(0.0625)
+        .init(7, &device)
+        .expect("model");
+    let images: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i * 7919 % 255) as f32 / 127.0) - 1.0)
+        .collect();
     let x = Tensor::<4>::from_data(TensorData::new(images, [2, 3, 32, 32]), &device);
     let features = model.forward_features(x);
     let objective = (features.clone() * features.clone()).sum();
@@ -97,4 +124,38 @@ fn resnet_forward_and_backward_agree_between_flex_and_wgpu() {
     let (gpu_f, gpu_g) = resnet_on(&wgpu);
     assert_close("features", &gpu_f, &cpu_f);
     assert_close("stem conv gradient", &gpu_g, &cpu_g);
+}
+
+#[test]
+#[ignore = "slow: trains on wgpu"]
+fn a_tiny_run_completes_on_wgpu() {
+    if wgpu_device().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = common::tiny_experiment(dir.path(), &["arcface"], &[0], 1, 0.05);
+    let options = lossbench_runner::RunOptions {
+        backend: lossbench_runner::BackendChoice::Wgpu,
+        results: dir.path().join("results"),
+        ..Default::default()
+    };
+    let reports =
+        lossbench_runner::run_experiment(&exp, &options, &mut lossbench_runner::Progress::quiet())
+            .expect("run");
+    assert_eq!(
+        reports[0].status,
+        lossbench_experiment::RunStatus::Completed,
+        "{}",
+        reports[0].detail
+    );
+    let manifest = lossbench_experiment::RunManifest::read(
+        &lossbench_experiment::RunDir::new(&dir.path().join("results/tiny"), "arcface", 0)
+            .manifest(),
+    )
+    .expect("manifest");
+    assert_eq!(manifest.backend, "wgpu");
+    assert_eq!(
+        common::metrics(&dir.path().join("results"), "arcface", 0).len(),
+        1
+    );
 }

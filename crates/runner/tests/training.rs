@@ -8,7 +8,11 @@ use lossbench_runner::train::Net;
 use lossbench_runner::{BackendChoice, Progress, RunLock, RunOptions, run_experiment};
 
 fn options(results: &std::path::Path) -> RunOptions {
-    RunOptions { backend: BackendChoice::Flex, results: results.to_path_buf(), ..RunOptions::default() }
+    RunOptions {
+        backend: BackendChoice::Flex,
+        results: results.to_path_buf(),
+        ..RunOptions::default()
+    }
 }
 
 #[test]
@@ -20,13 +24,26 @@ fn every_loss_runs_and_writes_its_files() {
     let reports = run_experiment(&exp, &options(&results), &mut Progress::quiet()).expect("run");
     assert_eq!(reports.len(), 5);
     for (report, loss) in reports.iter().zip(losses) {
-        assert_eq!(report.status, RunStatus::Completed, "{loss}: {}", report.detail);
+        assert_eq!(
+            report.status,
+            RunStatus::Completed,
+            "{loss}: {}",
+            report.detail
+        );
         let run = RunDir::new(&results.join("tiny"), loss, 0);
-        for file in [run.metrics_parquet(), run.metrics_csv(), run.manifest(), run.checkpoints().join("epoch-0002.ckpt")] {
+        for file in [
+            run.metrics_parquet(),
+            run.metrics_csv(),
+            run.manifest(),
+            run.checkpoints().join("epoch-0002.ckpt"),
+        ] {
             assert!(file.exists(), "{} missing", file.display());
         }
         let m = RunManifest::read(&run.manifest()).expect("manifest");
-        assert_eq!((m.status, m.epochs_completed, m.backend.as_str()), (RunStatus::Completed, 2, "flex"));
+        assert_eq!(
+            (m.status, m.epochs_completed, m.backend.as_str()),
+            (RunStatus::Completed, 2, "flex")
+        );
         assert!(m.synthetic_data);
         let rows = metrics(&results, loss, 0);
         assert_eq!(rows.len(), 2);
@@ -58,15 +75,24 @@ fn every_loss_starts_from_the_same_backbone() {
     let experiment = lossbench_experiment::Experiment::load(&exp_path).expect("experiment");
     let device = burn::prelude::Device::flex();
     let weights = |loss: &str, seed: u64| -> Vec<f32> {
-        let params = lossbench_registry::resolve_params(loss, &serde_json::Map::new()).expect("params");
+        let params =
+            lossbench_registry::resolve_params(loss, &serde_json::Map::new()).expect("params");
         let net = Net::init(&experiment, loss, &params, 4, seed, &device).expect("net");
         let mut all = Vec::new();
         struct Collect<'a>(&'a mut Vec<f32>);
         impl burn::module::ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::prelude::Tensor<D>>) {
+            fn visit_float<const D: usize>(
+                &mut self,
+                p: &burn::module::Param<burn::prelude::Tensor<D>>,
+            ) {
                 let t = p.val();
                 let n = t.shape().num_elements();
-                self.0.extend(t.reshape([n]).into_data().try_into_vec_as::<f32>().expect("f32"));
+                self.0.extend(
+                    t.reshape([n])
+                        .into_data()
+                        .try_into_vec_as::<f32>()
+                        .expect("f32"),
+                );
             }
         }
         burn::module::Module::visit(&net.backbone, &mut Collect(&mut all));
@@ -98,8 +124,16 @@ fn resume_after_an_interruption_reproduces_the_uninterrupted_metrics() {
     let mut resume = options(&cut);
     resume.resume = true;
     let reports = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("resume");
-    assert_eq!(reports[0].status, RunStatus::Completed, "{}", reports[0].detail);
-    assert_eq!(metrics(&cut, "sphereface", 1), metrics(&full, "sphereface", 1));
+    assert_eq!(
+        reports[0].status,
+        RunStatus::Completed,
+        "{}",
+        reports[0].detail
+    );
+    assert_eq!(
+        metrics(&cut, "sphereface", 1),
+        metrics(&full, "sphereface", 1)
+    );
     // A completed run is skipped on the next --resume.
     let again = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("again");
     assert_eq!(again[0].detail, "already completed");
@@ -113,11 +147,16 @@ fn a_diverging_run_is_marked_and_the_others_go_on() {
     let results = dir.path().join("results");
     let reports = run_experiment(&exp, &options(&results), &mut Progress::quiet()).expect("run");
     assert_eq!(reports.len(), 4, "every run was attempted");
-    let softmax = RunManifest::read(&RunDir::new(&results.join("tiny"), "softmax", 0).manifest()).expect("manifest");
+    let softmax = RunManifest::read(&RunDir::new(&results.join("tiny"), "softmax", 0).manifest())
+        .expect("manifest");
     assert_eq!(softmax.status, RunStatus::Diverged);
     let step = softmax.diverged_at_step.expect("step recorded");
     assert!(step < 6, "diverged late: step {step}");
-    assert!(reports.iter().all(|r| matches!(r.status, RunStatus::Diverged | RunStatus::Completed)));
+    assert!(
+        reports
+            .iter()
+            .all(|r| matches!(r.status, RunStatus::Diverged | RunStatus::Completed))
+    );
 }
 
 #[test]
@@ -126,7 +165,11 @@ fn a_second_process_cannot_take_a_locked_run() {
     let run = RunDir::new(dir.path(), "arcface", 0);
     let held = RunLock::acquire(&run).expect("first lock");
     let err = RunLock::acquire(&run).expect_err("second lock").to_string();
-    assert!(err.contains("in use by another lossbench process") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+    assert!(
+        err.contains("in use by another lossbench process")
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
     drop(held);
     RunLock::acquire(&run).expect("lock is free again after release");
 }

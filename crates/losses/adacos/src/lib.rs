@@ -16,7 +16,7 @@ use lossbench_head::{HeadError, Labels, LossHead, LossSpec, ResolvedParams, chec
 /// Cosine classifier with an adaptive scale.
 #[derive(Module, Debug)]
 pub struct AdaCosHead {
-    weight: Param<Tensor<2>>, // [classes, dim]
+    weight: Param<Tensor<2>>,       // [classes, dim]
     scale: RunningState<Tensor<1>>, // [1]
 }
 
@@ -37,10 +37,18 @@ pub fn next_scale(previous: f64, b_avg: f64, target_cosines: &mut [f64]) -> f64 
     }
     target_cosines.sort_by(f64::total_cmp);
     let n = target_cosines.len();
-    let median_cos = if n % 2 == 1 { target_cosines[n / 2] } else { 0.5 * (target_cosines[n / 2 - 1] + target_cosines[n / 2]) };
+    let median_cos = if n % 2 == 1 {
+        target_cosines[n / 2]
+    } else {
+        0.5 * (target_cosines[n / 2 - 1] + target_cosines[n / 2])
+    };
     let theta_med = median_cos.clamp(-1.0, 1.0).acos();
     let s = b_avg.ln() / theta_med.min(std::f64::consts::FRAC_PI_4).cos();
-    if s.is_finite() && s > 0.0 { s } else { previous }
+    if s.is_finite() && s > 0.0 {
+        s
+    } else {
+        previous
+    }
 }
 
 impl LossHead for AdaCosHead {
@@ -51,15 +59,27 @@ impl LossHead for AdaCosHead {
         params: &[],
     };
 
-    fn build(_: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        _: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let classes = weight.dims()[0];
         if classes < 3 {
-            return Err(HeadError::Shape(format!("adacos needs at least 3 classes (s₀ = √2·ln(C − 1)), got {classes}")));
+            return Err(HeadError::Shape(format!(
+                "adacos needs at least 3 classes (s₀ = √2·ln(C − 1)), got {classes}"
+            )));
         }
         let s0 = std::f64::consts::SQRT_2 * ((classes - 1) as f64).ln();
-        let scale = Tensor::<1>::from_data(TensorData::new(vec![s0], [1]), (&weight.device(), weight.dtype()));
-        Ok(Self { weight: Param::from_tensor(weight), scale: RunningState::new(scale) })
+        let scale = Tensor::<1>::from_data(
+            TensorData::new(vec![s0], [1]),
+            (&weight.device(), weight.dtype()),
+        );
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: RunningState::new(scale),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -75,10 +95,19 @@ impl LossHead for AdaCosHead {
         let target = target_column(cos.clone(), labels); // [batch, 1]
         let others = cos.mul_scalar(s).exp().sum_dim(1) - target.clone().mul_scalar(s).exp(); // [batch, 1]
         let b_avg: f64 = others.mean().into_scalar::<f64>();
-        let mut targets: Vec<f64> = target.into_data().try_into_vec_as::<f64>().expect("float tensor data converts to f64");
+        let mut targets: Vec<f64> = target
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .expect("float tensor data converts to f64");
         let next = next_scale(s, b_avg, &mut targets);
         let device = self.weight.val().device();
-        self.scale.update(Tensor::from_data(TensorData::new(vec![next], [1]), (&device, self.weight.val().dtype())).detach());
+        self.scale.update(
+            Tensor::from_data(
+                TensorData::new(vec![next], [1]),
+                (&device, self.weight.val().dtype()),
+            )
+            .detach(),
+        );
         loss
     }
 
@@ -104,7 +133,10 @@ mod tests {
         let case = testkit::generic_case::<AdaCosHead>(&p, 4);
         let s0 = std::f64::consts::SQRT_2 * 5f64.ln(); // 6 classes
         let a = testkit::eval_ok::<AdaCosHead>(&p, &case);
-        let b = testkit::eval_ok::<NormFaceHead>(&testkit::params::<NormFaceHead>(&format!(r#"{{"s": {s0}}}"#)), &case);
+        let b = testkit::eval_ok::<NormFaceHead>(
+            &testkit::params::<NormFaceHead>(&format!(r#"{{"s": {s0}}}"#)),
+            &case,
+        );
         testkit::assert_evaluations_close("adacos(first batch) vs normface(s₀)", &a, &b, 1e-10);
     }
 
@@ -120,12 +152,27 @@ mod tests {
         let device = testkit::device();
         let f64_on = (&device, burn::tensor::DType::F64);
         let identity = vec![1.0f64, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-        let head = AdaCosHead::build(&testkit::params::<AdaCosHead>("{}"), Tensor::from_data(TensorData::new(identity, [3, 3]), f64_on), None).expect("head");
-        head.scale.update(Tensor::from_data(TensorData::new(vec![2.0f64], [1]), f64_on));
-        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 0.0, 0.0, 0.0, 0.6, 0.8], [2, 3]), f64_on);
+        let head = AdaCosHead::build(
+            &testkit::params::<AdaCosHead>("{}"),
+            Tensor::from_data(TensorData::new(identity, [3, 3]), f64_on),
+            None,
+        )
+        .expect("head");
+        head.scale.update(Tensor::from_data(
+            TensorData::new(vec![2.0f64], [1]),
+            f64_on,
+        ));
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f64, 0.0, 0.0, 0.0, 0.6, 0.8], [2, 3]),
+            f64_on,
+        );
         let labels = Labels::new(&[0, 2], 3, &device).expect("labels");
         let _ = head.loss(x, &labels, 0);
-        assert!((head.scale() - want).abs() < 1e-9, "{} vs {want}", head.scale());
+        assert!(
+            (head.scale() - want).abs() < 1e-9,
+            "{} vs {want}",
+            head.scale()
+        );
         // A degenerate batch keeps the previous scale.
         assert_eq!(next_scale(2.0, 0.5, &mut [0.3]), 2.0);
     }
@@ -133,7 +180,8 @@ mod tests {
     #[test]
     fn too_few_classes_is_an_error() {
         let w = Tensor::<2>::zeros([2, 4], &testkit::device());
-        let err = AdaCosHead::build(&testkit::params::<AdaCosHead>("{}"), w, None).expect_err("2 classes");
+        let err = AdaCosHead::build(&testkit::params::<AdaCosHead>("{}"), w, None)
+            .expect_err("2 classes");
         assert!(err.to_string().contains("at least 3 classes"), "{err}");
     }
 }

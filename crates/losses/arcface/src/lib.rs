@@ -5,7 +5,9 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// `1 − cos²θ` is clamped to at least this before the square root: `sin θ` then has a
 /// finite gradient at θ = 0, where the exact derivative of `cos(θ + m)` in `cos θ` is
@@ -16,7 +18,11 @@ const SIN2_EPS: f64 = 1e-12;
 /// Shared by the heads that use ArcFace's margin (sub-centre ArcFace, CurricularFace).
 #[must_use]
 pub fn margin_target(c: Tensor<2>, m: f64) -> Tensor<2> {
-    let sin = (c.clone() * c.clone()).neg().add_scalar(1.0).clamp_min(SIN2_EPS).sqrt();
+    let sin = (c.clone() * c.clone())
+        .neg()
+        .add_scalar(1.0)
+        .clamp_min(SIN2_EPS)
+        .sqrt();
     // cos(θ + m) = cos θ·cos m − sin θ·sin m
     let shifted = c.clone().mul_scalar(m.cos()) - sin.mul_scalar(m.sin());
     // θ + m > π  ⇔  cos θ < cos(π − m)
@@ -38,7 +44,12 @@ impl LossHead for ArcFaceHead {
         formula: "target s·cos(θ_y + m) if θ_y + m ≤ π else s·(cos θ_y − m·sin m), others s·cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" },
+            ParamSpec {
+                name: "s",
+                default: 64.0,
+                allowed: Allowed::Positive,
+                help: "scale of the cosine logits",
+            },
             ParamSpec {
                 name: "m",
                 default: 0.5,
@@ -48,9 +59,17 @@ impl LossHead for ArcFaceHead {
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s"), margin: params.get("m") })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+            margin: params.get("m"),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -60,7 +79,10 @@ impl LossHead for ArcFaceHead {
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let cos = cosine(features, self.weight.val()); // [batch, classes]
         let target = margin_target(target_column(cos.clone(), labels), self.margin);
-        cross_entropy(replace_target(cos, labels, target).mul_scalar(self.scale), labels)
+        cross_entropy(
+            replace_target(cos, labels, target).mul_scalar(self.scale),
+            labels,
+        )
     }
 
     fn weight(&self) -> Tensor<2> {
@@ -90,15 +112,24 @@ mod tests {
     fn conformance() {
         testkit::check_defaults_valid::<ArcFaceHead>();
         testkit::conformance::<ArcFaceHead>(&testkit::params::<ArcFaceHead>("{}"));
-        testkit::conformance::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(r#"{"s": 4, "m": 2.5}"#));
+        testkit::conformance::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(
+            r#"{"s": 4, "m": 2.5}"#,
+        ));
     }
 
     #[test]
     fn zero_margin_equals_normface() {
         for seed in [1, 2, 3] {
-            let case = testkit::generic_case::<ArcFaceHead>(&testkit::params::<ArcFaceHead>("{}"), seed);
-            let a = testkit::eval_ok::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0}"#), &case);
-            let b = testkit::eval_ok::<NormFaceHead>(&testkit::params::<NormFaceHead>(r#"{"s": 30}"#), &case);
+            let case =
+                testkit::generic_case::<ArcFaceHead>(&testkit::params::<ArcFaceHead>("{}"), seed);
+            let a = testkit::eval_ok::<ArcFaceHead>(
+                &testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0}"#),
+                &case,
+            );
+            let b = testkit::eval_ok::<NormFaceHead>(
+                &testkit::params::<NormFaceHead>(r#"{"s": 30}"#),
+                &case,
+            );
             testkit::assert_evaluations_close("arcface(m=0) vs normface", &a, &b, 1e-9);
         }
     }
@@ -110,13 +141,25 @@ mod tests {
         let theta = std::f64::consts::FRAC_PI_4;
         let e = testkit::eval_ok::<ArcFaceHead>(&p, &two_class_case(theta));
         let (t, o) = (2.0 * (theta + 0.5).cos(), 2.0 * theta.sin());
-        testkit::assert_close("loss at π/4", &[e.loss], &[(1.0 + (o - t).exp()).ln()], 1e-12, 1.0);
+        testkit::assert_close(
+            "loss at π/4",
+            &[e.loss],
+            &[(1.0 + (o - t).exp()).ln()],
+            1e-12,
+            1.0,
+        );
         // θ = 3π/4 + 0.4 = 2.76 > π − 0.5 = 2.64: θ + m > π, so the target is
         // 2·(cos θ − 0.5·sin 0.5).
         let theta = 3.0 * std::f64::consts::FRAC_PI_4 + 0.4;
         let e = testkit::eval_ok::<ArcFaceHead>(&p, &two_class_case(theta));
         let (t, o) = (2.0 * (theta.cos() - 0.5 * 0.5f64.sin()), 2.0 * theta.sin());
-        testkit::assert_close("loss past π", &[e.loss], &[(1.0 + (o - t).exp()).ln()], 1e-12, 1.0);
+        testkit::assert_close(
+            "loss past π",
+            &[e.loss],
+            &[(1.0 + (o - t).exp()).ln()],
+            1e-12,
+            1.0,
+        );
     }
 
     #[test]
@@ -129,7 +172,10 @@ mod tests {
             let mut case = two_class_case(theta);
             case.weights[1] = vec![-1.0, 0.0]; // opposite class: its logit is −cos θ
             let loss = testkit::eval_ok::<ArcFaceHead>(&p, &case).loss;
-            assert!(loss > last, "loss fell from {last} to {loss} at θ = {theta}");
+            assert!(
+                loss > last,
+                "loss fell from {last} to {loss} at θ = {theta}"
+            );
             last = loss;
         }
     }

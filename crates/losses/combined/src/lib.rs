@@ -6,7 +6,9 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// `cos θ` is kept in `[−1 + ε, 1 − ε]` before `acos`, whose derivative is infinite at ±1.
 /// It moves θ only within 4.5e-4 rad of 0 and π.
@@ -28,16 +30,46 @@ impl LossHead for CombinedHead {
         formula: "target s·(cos(m1·θ_y + m2) − m3) (past π: s·(cos θ_y − m3 − m2·sin m2)), others s·cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" },
-            ParamSpec { name: "m1", default: 1.0, allowed: Allowed::Closed(0.1, 10.0), help: "multiplicative angular margin" },
-            ParamSpec { name: "m2", default: 0.3, allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI), help: "additive angular margin (radians)" },
-            ParamSpec { name: "m3", default: 0.2, allowed: Allowed::Closed(0.0, 2.0), help: "additive cosine margin" },
+            ParamSpec {
+                name: "s",
+                default: 64.0,
+                allowed: Allowed::Positive,
+                help: "scale of the cosine logits",
+            },
+            ParamSpec {
+                name: "m1",
+                default: 1.0,
+                allowed: Allowed::Closed(0.1, 10.0),
+                help: "multiplicative angular margin",
+            },
+            ParamSpec {
+                name: "m2",
+                default: 0.3,
+                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
+                help: "additive angular margin (radians)",
+            },
+            ParamSpec {
+                name: "m3",
+                default: 0.2,
+                allowed: Allowed::Closed(0.0, 2.0),
+                help: "additive cosine margin",
+            },
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s"), m1: params.get("m1"), m2: params.get("m2"), m3: params.get("m3") })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+            m1: params.get("m1"),
+            m2: params.get("m2"),
+            m3: params.get("m3"),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -47,11 +79,22 @@ impl LossHead for CombinedHead {
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let cos = cosine(features, self.weight.val()); // [batch, classes]
         let c = target_column(cos.clone(), labels); // [batch, 1]
-        let theta = c.clone().clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS).acos().mul_scalar(self.m1).add_scalar(self.m2);
+        let theta = c
+            .clone()
+            .clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS)
+            .acos()
+            .mul_scalar(self.m1)
+            .add_scalar(self.m2);
         let past_pi = theta.clone().greater_elem(std::f64::consts::PI);
         let fallback = c.sub_scalar(self.m3 + self.m2 * self.m2.sin());
-        let target = theta.cos().sub_scalar(self.m3).mask_where(past_pi, fallback);
-        cross_entropy(replace_target(cos, labels, target).mul_scalar(self.scale), labels)
+        let target = theta
+            .cos()
+            .sub_scalar(self.m3)
+            .mask_where(past_pi, fallback);
+        cross_entropy(
+            replace_target(cos, labels, target).mul_scalar(self.scale),
+            labels,
+        )
     }
 
     fn weight(&self) -> Tensor<2> {
@@ -71,7 +114,9 @@ mod tests {
     fn conformance() {
         testkit::check_defaults_valid::<CombinedHead>();
         testkit::conformance::<CombinedHead>(&testkit::params::<CombinedHead>("{}"));
-        testkit::conformance::<CombinedHead>(&testkit::params::<CombinedHead>(r#"{"s": 8, "m1": 2, "m2": 0.1, "m3": 0.1}"#));
+        testkit::conformance::<CombinedHead>(&testkit::params::<CombinedHead>(
+            r#"{"s": 8, "m1": 2, "m2": 0.1, "m3": 0.1}"#,
+        ));
     }
 
     #[test]
@@ -79,11 +124,23 @@ mod tests {
         let p = testkit::params::<CombinedHead>("{}");
         for seed in [1, 2, 3] {
             let case = testkit::generic_case::<CombinedHead>(&p, seed);
-            let arc = testkit::eval_ok::<CombinedHead>(&testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0.5, "m3": 0}"#), &case);
-            let want = testkit::eval_ok::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0.5}"#), &case);
+            let arc = testkit::eval_ok::<CombinedHead>(
+                &testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0.5, "m3": 0}"#),
+                &case,
+            );
+            let want = testkit::eval_ok::<ArcFaceHead>(
+                &testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0.5}"#),
+                &case,
+            );
             testkit::assert_evaluations_close("combined(1, 0.5, 0) vs arcface", &arc, &want, 1e-8);
-            let cos = testkit::eval_ok::<CombinedHead>(&testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0, "m3": 0.35}"#), &case);
-            let want = testkit::eval_ok::<CosFaceHead>(&testkit::params::<CosFaceHead>(r#"{"s": 30, "m": 0.35}"#), &case);
+            let cos = testkit::eval_ok::<CombinedHead>(
+                &testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0, "m3": 0.35}"#),
+                &case,
+            );
+            let want = testkit::eval_ok::<CosFaceHead>(
+                &testkit::params::<CosFaceHead>(r#"{"s": 30, "m": 0.35}"#),
+                &case,
+            );
             testkit::assert_evaluations_close("combined(1, 0, 0.35) vs cosface", &cos, &want, 1e-8);
         }
     }
@@ -98,7 +155,10 @@ mod tests {
             labels: vec![0],
             iteration: 0,
         };
-        let e = testkit::eval_ok::<CombinedHead>(&testkit::params::<CombinedHead>(r#"{"s": 1, "m1": 2, "m2": 0, "m3": 0}"#), &case);
+        let e = testkit::eval_ok::<CombinedHead>(
+            &testkit::params::<CombinedHead>(r#"{"s": 1, "m1": 2, "m2": 0, "m3": 0}"#),
+            &case,
+        );
         let want = (1.0 + (0.4f64.sin() - 0.8f64.cos()).exp()).ln();
         testkit::assert_close("loss", &[e.loss], &[want], 1e-10, 1.0);
     }
@@ -113,7 +173,10 @@ mod tests {
             labels: vec![0],
             iteration: 0,
         };
-        let e = testkit::eval_ok::<CombinedHead>(&testkit::params::<CombinedHead>(r#"{"s": 2, "m1": 1.5, "m2": 0.2, "m3": 0.1}"#), &case);
+        let e = testkit::eval_ok::<CombinedHead>(
+            &testkit::params::<CombinedHead>(r#"{"s": 2, "m1": 1.5, "m2": 0.2, "m3": 0.1}"#),
+            &case,
+        );
         let (t, o) = (2.0 * (1.7f64.cos() - 0.1), 2.0 * 1.0f64.sin());
         testkit::assert_close("loss", &[e.loss], &[(1.0 + (o - t).exp()).ln()], 1e-10, 1.0);
     }

@@ -4,7 +4,9 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// Additive cosine margin.
 #[derive(Module, Debug)]
@@ -20,14 +22,32 @@ impl LossHead for CosFaceHead {
         formula: "target s·(cos θ_y − m), others s·cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" },
-            ParamSpec { name: "m", default: 0.35, allowed: Allowed::Closed(0.0, 2.0), help: "additive cosine margin" },
+            ParamSpec {
+                name: "s",
+                default: 64.0,
+                allowed: Allowed::Positive,
+                help: "scale of the cosine logits",
+            },
+            ParamSpec {
+                name: "m",
+                default: 0.35,
+                allowed: Allowed::Closed(0.0, 2.0),
+                help: "additive cosine margin",
+            },
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s"), margin: params.get("m") })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+            margin: params.get("m"),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -37,7 +57,10 @@ impl LossHead for CosFaceHead {
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let cos = cosine(features, self.weight.val()); // [batch, classes]
         let target = target_column(cos.clone(), labels).sub_scalar(self.margin); // [batch, 1]
-        cross_entropy(replace_target(cos, labels, target).mul_scalar(self.scale), labels)
+        cross_entropy(
+            replace_target(cos, labels, target).mul_scalar(self.scale),
+            labels,
+        )
     }
 
     fn weight(&self) -> Tensor<2> {
@@ -56,15 +79,24 @@ mod tests {
     fn conformance() {
         testkit::check_defaults_valid::<CosFaceHead>();
         testkit::conformance::<CosFaceHead>(&testkit::params::<CosFaceHead>("{}"));
-        testkit::conformance::<CosFaceHead>(&testkit::params::<CosFaceHead>(r#"{"s": 8, "m": 0.2}"#));
+        testkit::conformance::<CosFaceHead>(&testkit::params::<CosFaceHead>(
+            r#"{"s": 8, "m": 0.2}"#,
+        ));
     }
 
     #[test]
     fn zero_margin_equals_normface() {
         for seed in [1, 2, 3] {
-            let case = testkit::generic_case::<CosFaceHead>(&testkit::params::<CosFaceHead>("{}"), seed);
-            let a = testkit::eval_ok::<CosFaceHead>(&testkit::params::<CosFaceHead>(r#"{"s": 30, "m": 0}"#), &case);
-            let b = testkit::eval_ok::<NormFaceHead>(&testkit::params::<NormFaceHead>(r#"{"s": 30}"#), &case);
+            let case =
+                testkit::generic_case::<CosFaceHead>(&testkit::params::<CosFaceHead>("{}"), seed);
+            let a = testkit::eval_ok::<CosFaceHead>(
+                &testkit::params::<CosFaceHead>(r#"{"s": 30, "m": 0}"#),
+                &case,
+            );
+            let b = testkit::eval_ok::<NormFaceHead>(
+                &testkit::params::<NormFaceHead>(r#"{"s": 30}"#),
+                &case,
+            );
             testkit::assert_evaluations_close("cosface(m=0) vs normface", &a, &b, 1e-10);
         }
     }
@@ -80,8 +112,17 @@ mod tests {
             labels: vec![0],
             iteration: 0,
         };
-        let e = testkit::eval_ok::<CosFaceHead>(&testkit::params::<CosFaceHead>(r#"{"s": 2, "m": 0.5}"#), &case);
-        testkit::assert_close("loss", &[e.loss], &[(1.0 + (-1.0f64).exp()).ln()], 1e-12, 1.0);
+        let e = testkit::eval_ok::<CosFaceHead>(
+            &testkit::params::<CosFaceHead>(r#"{"s": 2, "m": 0.5}"#),
+            &case,
+        );
+        testkit::assert_close(
+            "loss",
+            &[e.loss],
+            &[(1.0 + (-1.0f64).exp()).ln()],
+            1e-12,
+            1.0,
+        );
         testkit::assert_close("logits", &e.logits[0], &[2.0, 0.0], 1e-12, 1.0);
     }
 }

@@ -12,7 +12,9 @@ use burn::module::{Param, RunningState};
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// Weight of the newest batch in the running mean `t`.
 const T_MOMENTUM: f64 = 0.01;
@@ -40,15 +42,34 @@ impl LossHead for CurricularFaceHead {
         formula: "target s·cos(θ_y + m) (ArcFace); hard negatives c_j > cos(θ_y + m) become s·c_j·(t + c_j); t = EMA of cos θ_y",
         has_bias: false,
         params: &[
-            ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" },
-            ParamSpec { name: "m", default: 0.5, allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI), help: "additive angular margin (radians)" },
+            ParamSpec {
+                name: "s",
+                default: 64.0,
+                allowed: Allowed::Positive,
+                help: "scale of the cosine logits",
+            },
+            ParamSpec {
+                name: "m",
+                default: 0.5,
+                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
+                help: "additive angular margin (radians)",
+            },
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let t = Tensor::<1>::zeros([1], (&weight.device(), weight.dtype()));
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s"), margin: params.get("m"), t: RunningState::new(t) })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+            margin: params.get("m"),
+            t: RunningState::new(t),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -61,16 +82,31 @@ impl LossHead for CurricularFaceHead {
         let [batch, classes] = cos.dims();
         let c = target_column(cos.clone(), labels); // [batch, 1]
         // cos(θ_y + m) itself (no fallback) decides which negatives are hard, as in the paper.
-        let sin = (c.clone() * c.clone()).neg().add_scalar(1.0).clamp_min(1e-12).sqrt();
-        let shifted = (c.clone().mul_scalar(self.margin.cos()) - sin.mul_scalar(self.margin.sin())).detach();
-        let hard = cos.clone().detach().greater(shifted.expand([batch, classes]));
-        let reweighted = cos.clone().mask_where(hard, cos.clone() * cos.clone().add_scalar(t));
+        let sin = (c.clone() * c.clone())
+            .neg()
+            .add_scalar(1.0)
+            .clamp_min(1e-12)
+            .sqrt();
+        let shifted =
+            (c.clone().mul_scalar(self.margin.cos()) - sin.mul_scalar(self.margin.sin())).detach();
+        let hard = cos
+            .clone()
+            .detach()
+            .greater(shifted.expand([batch, classes]));
+        let reweighted = cos
+            .clone()
+            .mask_where(hard, cos.clone() * cos.clone().add_scalar(t));
         let target = margin_target(c.clone(), self.margin);
-        let loss = cross_entropy(replace_target(reweighted, labels, target).mul_scalar(self.scale), labels);
+        let loss = cross_entropy(
+            replace_target(reweighted, labels, target).mul_scalar(self.scale),
+            labels,
+        );
         let mean_target: f64 = c.detach().mean().into_scalar::<f64>();
         let next = T_MOMENTUM * mean_target + (1.0 - T_MOMENTUM) * t;
         let w = self.weight.val();
-        self.t.update(Tensor::from_data(TensorData::new(vec![next], [1]), (&w.device(), w.dtype())).detach());
+        self.t.update(
+            Tensor::from_data(TensorData::new(vec![next], [1]), (&w.device(), w.dtype())).detach(),
+        );
         loss
     }
 
@@ -89,20 +125,31 @@ mod tests {
     fn case(other_deg: f64) -> Case {
         // Feature on the x axis; class 0 at 30°, class 1 at `other_deg`.
         let d = |deg: f64| vec![deg.to_radians().cos(), deg.to_radians().sin()];
-        Case { features: vec![d(0.0)], weights: vec![d(30.0), d(other_deg)], bias: None, labels: vec![0], iteration: 0 }
+        Case {
+            features: vec![d(0.0)],
+            weights: vec![d(30.0), d(other_deg)],
+            bias: None,
+            labels: vec![0],
+            iteration: 0,
+        }
     }
 
     #[test]
     fn conformance() {
         testkit::conformance::<CurricularFaceHead>(&testkit::params::<CurricularFaceHead>("{}"));
-        testkit::conformance::<CurricularFaceHead>(&testkit::params::<CurricularFaceHead>(r#"{"s": 8, "m": 0.2}"#));
+        testkit::conformance::<CurricularFaceHead>(&testkit::params::<CurricularFaceHead>(
+            r#"{"s": 8, "m": 0.2}"#,
+        ));
     }
 
     #[test]
     fn without_hard_negatives_it_is_arcface() {
         // cos(30° + 0.5 rad) = cos 58.6° = 0.521 > cos 80° = 0.174: no hard negative.
         let p = r#"{"s": 3, "m": 0.5}"#;
-        let a = testkit::eval_ok::<CurricularFaceHead>(&testkit::params::<CurricularFaceHead>(p), &case(80.0));
+        let a = testkit::eval_ok::<CurricularFaceHead>(
+            &testkit::params::<CurricularFaceHead>(p),
+            &case(80.0),
+        );
         let b = testkit::eval_ok::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(p), &case(80.0));
         testkit::assert_evaluations_close("curricularface(easy) vs arcface", &a, &b, 1e-12);
     }
@@ -111,24 +158,40 @@ mod tests {
     fn hard_negative_is_reweighted_with_t() {
         // Class 1 at 40°: cos 40° = 0.766 > cos(58.6°) = 0.521, hard. With t = 0 (the first
         // batch) its logit is s·c² ; target s·cos(30° + 0.5 rad).
-        let e = testkit::eval_ok::<CurricularFaceHead>(&testkit::params::<CurricularFaceHead>(r#"{"s": 3, "m": 0.5}"#), &case(40.0));
+        let e = testkit::eval_ok::<CurricularFaceHead>(
+            &testkit::params::<CurricularFaceHead>(r#"{"s": 3, "m": 0.5}"#),
+            &case(40.0),
+        );
         let c1 = 40f64.to_radians().cos();
         let target = 3.0 * (30f64.to_radians() + 0.5).cos();
         let other = 3.0 * c1 * c1;
-        testkit::assert_close("loss", &[e.loss], &[(1.0 + (other - target).exp()).ln()], 1e-10, 1.0);
+        testkit::assert_close(
+            "loss",
+            &[e.loss],
+            &[(1.0 + (other - target).exp()).ln()],
+            1e-10,
+            1.0,
+        );
     }
 
     #[test]
     fn t_follows_the_mean_target_cosine() {
         let device = testkit::device();
         let f64_on = (&device, burn::tensor::DType::F64);
-        let w = Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 0.0, 0.0, 1.0], [2, 2]), f64_on);
-        let head = CurricularFaceHead::build(&testkit::params::<CurricularFaceHead>("{}"), w, None).expect("head");
-        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 0.0, 0.6, 0.8], [2, 2]), f64_on);
+        let w =
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 0.0, 0.0, 1.0], [2, 2]), f64_on);
+        let head = CurricularFaceHead::build(&testkit::params::<CurricularFaceHead>("{}"), w, None)
+            .expect("head");
+        let x =
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 0.0, 0.6, 0.8], [2, 2]), f64_on);
         let labels = Labels::new(&[0, 0], 2, &device).expect("labels");
         let _ = head.loss(x.clone(), &labels, 0);
         assert!((head.t() - 0.01 * 0.8).abs() < 1e-12, "{}", head.t()); // mean(1, 0.6) = 0.8
         let _ = head.loss(x, &labels, 1);
-        assert!((head.t() - (0.01 * 0.8 + 0.99 * 0.008)).abs() < 1e-12, "{}", head.t());
+        assert!(
+            (head.t() - (0.01 * 0.8 + 0.99 * 0.008)).abs() < 1e-12,
+            "{}",
+            head.t()
+        );
     }
 }

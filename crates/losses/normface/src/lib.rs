@@ -3,7 +3,9 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// Cosine classifier: features and class weights L2-normalised, logits `s·cos θ`.
 #[derive(Module, Debug)]
@@ -17,12 +19,24 @@ impl LossHead for NormFaceHead {
         name: "normface",
         formula: "logit_j = s·cos θ_j",
         has_bias: false,
-        params: &[ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" }],
+        params: &[ParamSpec {
+            name: "s",
+            default: 64.0,
+            allowed: Allowed::Positive,
+            help: "scale of the cosine logits",
+        }],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s") })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -62,16 +76,32 @@ mod tests {
             labels: vec![0],
             iteration: 0,
         };
-        let e = testkit::eval_ok::<NormFaceHead>(&testkit::params::<NormFaceHead>(r#"{"s": 2}"#), &case);
-        testkit::assert_close("loss", &[e.loss], &[(1.0 + (-2.0f64).exp()).ln()], 1e-12, 1.0);
+        let e = testkit::eval_ok::<NormFaceHead>(
+            &testkit::params::<NormFaceHead>(r#"{"s": 2}"#),
+            &case,
+        );
+        testkit::assert_close(
+            "loss",
+            &[e.loss],
+            &[(1.0 + (-2.0f64).exp()).ln()],
+            1e-12,
+            1.0,
+        );
         testkit::assert_close("logits", &e.logits[0], &[2.0, 0.0], 1e-12, 1.0);
     }
 
     #[test]
     fn invalid_scale_is_rejected_with_its_name() {
         let given = serde_json::json!({"s": 0.0});
-        let err = ResolvedParams::resolve("normface", NormFaceHead::SPEC.params, given.as_object().expect("object"))
-            .expect_err("s = 0 accepted");
-        assert!(err.to_string().contains("`s`") && err.to_string().contains("> 0"), "{err}");
+        let err = ResolvedParams::resolve(
+            "normface",
+            NormFaceHead::SPEC.params,
+            given.as_object().expect("object"),
+        )
+        .expect_err("s = 0 accepted");
+        assert!(
+            err.to_string().contains("`s`") && err.to_string().contains("> 0"),
+            "{err}"
+        );
     }
 }

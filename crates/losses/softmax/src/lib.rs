@@ -21,11 +21,19 @@ impl LossHead for SoftmaxHead {
         params: &[],
     };
 
-    fn build(_: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        _: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let [classes, _] = weight.dims();
-        let bias = bias.unwrap_or_else(|| Tensor::zeros([classes], (&weight.device(), weight.dtype())));
-        Ok(Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias) })
+        let bias =
+            bias.unwrap_or_else(|| Tensor::zeros([classes], (&weight.device(), weight.dtype())));
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            bias: Param::from_tensor(bias),
+        })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
@@ -74,7 +82,19 @@ mod tests {
         testkit::assert_close("logits", &e.logits[0], &[1.5, 1.5], 1e-12, 1.0);
         // d/dx = Wᵀ (p − y) = [0.5, −0.5]; d/dW = (p − y) xᵀ; d/db = p − y.
         testkit::assert_close("grad x", &e.grad_features[0], &[0.5, -0.5], 1e-12, 1.0);
-        testkit::assert_close("grad W", &e.grad_weights.concat(), &[0.5, 1.0, -0.5, -1.0], 1e-12, 1.0);
-        testkit::assert_close("grad b", &e.grad_bias.expect("bias"), &[0.5, -0.5], 1e-12, 1.0);
+        testkit::assert_close(
+            "grad W",
+            &e.grad_weights.concat(),
+            &[0.5, 1.0, -0.5, -1.0],
+            1e-12,
+            1.0,
+        );
+        testkit::assert_close(
+            "grad b",
+            &e.grad_bias.expect("bias"),
+            &[0.5, -0.5],
+            1e-12,
+            1.0,
+        );
     }
 }

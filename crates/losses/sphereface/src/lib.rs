@@ -10,8 +10,12 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use lossbench_head::angular::{cross_entropy, normalize_rows, replace_target, row_norms, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::angular::{
+    cross_entropy, normalize_rows, replace_target, row_norms, target_column,
+};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// The largest multiplicative margin accepted; the paper uses m ≤ 4 and T_m grows as 2^(m−1).
 pub const MAX_MARGIN: i64 = 10;
@@ -48,7 +52,12 @@ impl SphereFaceHead {
     /// The λ schedule of this head.
     #[must_use]
     pub fn schedule(&self) -> LambdaSchedule {
-        LambdaSchedule { base: self.lambda_base, gamma: self.lambda_gamma, power: self.lambda_power, min: self.lambda_min }
+        LambdaSchedule {
+            base: self.lambda_base,
+            gamma: self.lambda_gamma,
+            power: self.lambda_power,
+            min: self.lambda_min,
+        }
     }
 
     /// `ψ(θ)` from `c = cos θ` (`[batch, 1]`).
@@ -65,10 +74,16 @@ impl SphereFaceHead {
         let mut k = c.zeros_like();
         for j in 1..=m {
             let threshold = (j as f64 * std::f64::consts::PI / m as f64).cos();
-            k = k.clone() + k.zeros_like().mask_fill(c.clone().detach().lower_equal_elem(threshold), 1.0);
+            k = k.clone()
+                + k.zeros_like()
+                    .mask_fill(c.clone().detach().lower_equal_elem(threshold), 1.0);
         }
         // (−1)^k = 1 − 2·(k mod 2)
-        let sign = k.clone().remainder_scalar(2.0).mul_scalar(-2.0).add_scalar(1.0);
+        let sign = k
+            .clone()
+            .remainder_scalar(2.0)
+            .mul_scalar(-2.0)
+            .add_scalar(1.0);
         sign * cur - k.mul_scalar(2.0)
     }
 }
@@ -79,15 +94,44 @@ impl LossHead for SphereFaceHead {
         formula: "target (λ‖x‖cos θ_y + ‖x‖ψ(θ_y))/(1+λ), ψ(θ) = (−1)^k cos(mθ) − 2k, k = ⌊mθ/π⌋; others ‖x‖cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec { name: "m", default: 4.0, allowed: Allowed::Integer(1, MAX_MARGIN), help: "multiplicative angular margin" },
-            ParamSpec { name: "lambda_base", default: 1000.0, allowed: Allowed::NonNegative, help: "λ at iteration 0" },
-            ParamSpec { name: "lambda_gamma", default: 0.12, allowed: Allowed::NonNegative, help: "λ decay rate γ" },
-            ParamSpec { name: "lambda_power", default: 1.0, allowed: Allowed::NonNegative, help: "λ decay power" },
-            ParamSpec { name: "lambda_min", default: 5.0, allowed: Allowed::NonNegative, help: "floor of λ" },
+            ParamSpec {
+                name: "m",
+                default: 4.0,
+                allowed: Allowed::Integer(1, MAX_MARGIN),
+                help: "multiplicative angular margin",
+            },
+            ParamSpec {
+                name: "lambda_base",
+                default: 1000.0,
+                allowed: Allowed::NonNegative,
+                help: "λ at iteration 0",
+            },
+            ParamSpec {
+                name: "lambda_gamma",
+                default: 0.12,
+                allowed: Allowed::NonNegative,
+                help: "λ decay rate γ",
+            },
+            ParamSpec {
+                name: "lambda_power",
+                default: 1.0,
+                allowed: Allowed::NonNegative,
+                help: "λ decay power",
+            },
+            ParamSpec {
+                name: "lambda_min",
+                default: 5.0,
+                allowed: Allowed::NonNegative,
+                help: "floor of λ",
+            },
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         Ok(Self {
             weight: Param::from_tensor(weight),
@@ -110,7 +154,9 @@ impl LossHead for SphereFaceHead {
         let logits = self.logits(features); // ‖x‖ cos θ
         let c = (target_column(logits.clone(), labels) / norms.clone()).clamp(-1.0, 1.0); // [batch, 1]
         let lambda = self.schedule().at(iteration);
-        let target = (c.clone().mul_scalar(lambda) + self.psi(c)).mul(norms).div_scalar(1.0 + lambda);
+        let target = (c.clone().mul_scalar(lambda) + self.psi(c))
+            .mul(norms)
+            .div_scalar(1.0 + lambda);
         cross_entropy(replace_target(logits, labels, target), labels)
     }
 
@@ -137,12 +183,19 @@ mod tests {
         testkit::check_defaults_valid::<SphereFaceHead>();
         testkit::conformance::<SphereFaceHead>(&testkit::params::<SphereFaceHead>("{}"));
         testkit::conformance::<SphereFaceHead>(&testkit::params::<SphereFaceHead>(NO_LAMBDA));
-        testkit::conformance::<SphereFaceHead>(&testkit::params::<SphereFaceHead>(r#"{"m": 3, "lambda_base": 2, "lambda_min": 0}"#));
+        testkit::conformance::<SphereFaceHead>(&testkit::params::<SphereFaceHead>(
+            r#"{"m": 3, "lambda_base": 2, "lambda_min": 0}"#,
+        ));
     }
 
     #[test]
     fn lambda_schedule_matches_formula() {
-        let s = LambdaSchedule { base: 1000.0, gamma: 0.12, power: 1.0, min: 5.0 };
+        let s = LambdaSchedule {
+            base: 1000.0,
+            gamma: 0.12,
+            power: 1.0,
+            min: 5.0,
+        };
         assert_eq!(s.at(0), 1000.0);
         assert!((s.at(100) - 1000.0 / 13.0).abs() < 1e-9);
         assert_eq!(s.at(100_000), 5.0);
@@ -161,7 +214,9 @@ mod tests {
                     labels: vec![0],
                     iteration: 0,
                 };
-                let p = testkit::params::<SphereFaceHead>(&format!(r#"{{"m": {m}, "lambda_base": 0, "lambda_min": 0}}"#));
+                let p = testkit::params::<SphereFaceHead>(&format!(
+                    r#"{{"m": {m}, "lambda_base": 0, "lambda_min": 0}}"#
+                ));
                 let e = testkit::eval_ok::<SphereFaceHead>(&p, &case);
                 // ‖x‖ = 1: logits [ψ(θ), sin θ]; loss = ln(1 + e^(sin θ − ψ(θ))).
                 let want = (1.0 + (theta.sin() - psi_reference(theta, f64::from(m))).exp()).ln();
@@ -181,12 +236,26 @@ mod tests {
             labels: vec![0],
             iteration: 3,
         };
-        let p = testkit::params::<SphereFaceHead>(r#"{"lambda_base": 1, "lambda_gamma": 0, "lambda_min": 0}"#);
+        let p = testkit::params::<SphereFaceHead>(
+            r#"{"lambda_base": 1, "lambda_gamma": 0, "lambda_min": 0}"#,
+        );
         let e = testkit::eval_ok::<SphereFaceHead>(&p, &case);
         let target = 0.3f64.cos() + 1.2f64.cos();
         let other = 2.0 * 0.3f64.sin();
-        testkit::assert_close("loss", &[e.loss], &[(1.0 + (other - target).exp()).ln()], 1e-12, 1.0);
-        testkit::assert_close("logits", &e.logits[0], &[2.0 * 0.3f64.cos(), other], 1e-12, 1.0);
+        testkit::assert_close(
+            "loss",
+            &[e.loss],
+            &[(1.0 + (other - target).exp()).ln()],
+            1e-12,
+            1.0,
+        );
+        testkit::assert_close(
+            "logits",
+            &e.logits[0],
+            &[2.0 * 0.3f64.cos(), other],
+            1e-12,
+            1.0,
+        );
     }
 
     #[test]
@@ -218,8 +287,15 @@ mod tests {
     #[test]
     fn non_integer_margin_is_rejected() {
         let given = serde_json::json!({"m": 2.5});
-        let err = ResolvedParams::resolve("sphereface", SphereFaceHead::SPEC.params, given.as_object().expect("object"))
-            .expect_err("m = 2.5 accepted");
-        assert!(err.to_string().contains("`m` = 2.5") && err.to_string().contains("integer"), "{err}");
+        let err = ResolvedParams::resolve(
+            "sphereface",
+            SphereFaceHead::SPEC.params,
+            given.as_object().expect("object"),
+        )
+        .expect_err("m = 2.5 accepted");
+        assert!(
+            err.to_string().contains("`m` = 2.5") && err.to_string().contains("integer"),
+            "{err}"
+        );
     }
 }

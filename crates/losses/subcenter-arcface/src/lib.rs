@@ -6,7 +6,9 @@ use burn::module::Param;
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+};
 
 /// ArcFace over the best of `K` sub-centres per class.
 #[derive(Module, Debug)]
@@ -23,19 +25,46 @@ impl LossHead for SubCenterArcFaceHead {
         formula: "c_j = max over K sub-centres of cos; then ArcFace: target s·cos(θ_y + m), others s·c_j",
         has_bias: false,
         params: &[
-            ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" },
-            ParamSpec { name: "m", default: 0.5, allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI), help: "additive angular margin (radians)" },
-            ParamSpec { name: "k", default: 3.0, allowed: Allowed::Integer(1, 16), help: "sub-centres per class" },
+            ParamSpec {
+                name: "s",
+                default: 64.0,
+                allowed: Allowed::Positive,
+                help: "scale of the cosine logits",
+            },
+            ParamSpec {
+                name: "m",
+                default: 0.5,
+                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
+                help: "additive angular margin (radians)",
+            },
+            ParamSpec {
+                name: "k",
+                default: 3.0,
+                allowed: Allowed::Integer(1, 16),
+                help: "sub-centres per class",
+            },
         ],
     };
 
-    fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
+    fn build(
+        params: &ResolvedParams,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<Self, HeadError> {
         check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let centres = params.get("k") as usize;
-        if weight.dims()[0] % centres != 0 {
-            return Err(HeadError::Shape(format!("{} weight rows are not a multiple of k = {centres}", weight.dims()[0])));
+        if !weight.dims()[0].is_multiple_of(centres) {
+            return Err(HeadError::Shape(format!(
+                "{} weight rows are not a multiple of k = {centres}",
+                weight.dims()[0]
+            )));
         }
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s"), margin: params.get("m"), centres })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            scale: params.get("s"),
+            margin: params.get("m"),
+            centres,
+        })
     }
 
     fn weight_rows(params: &ResolvedParams, num_classes: usize) -> usize {
@@ -59,7 +88,10 @@ impl LossHead for SubCenterArcFaceHead {
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let cos = self.class_cosines(features);
         let target = margin_target(target_column(cos.clone(), labels), self.margin);
-        cross_entropy(replace_target(cos, labels, target).mul_scalar(self.scale), labels)
+        cross_entropy(
+            replace_target(cos, labels, target).mul_scalar(self.scale),
+            labels,
+        )
     }
 
     fn weight(&self) -> Tensor<2> {
@@ -77,8 +109,12 @@ mod tests {
     #[test]
     fn conformance() {
         testkit::check_defaults_valid::<SubCenterArcFaceHead>();
-        testkit::conformance::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>("{}"));
-        testkit::conformance::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>(r#"{"s": 8, "k": 2}"#));
+        testkit::conformance::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>(
+            "{}",
+        ));
+        testkit::conformance::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>(
+            r#"{"s": 8, "k": 2}"#,
+        ));
     }
 
     #[test]
@@ -87,7 +123,10 @@ mod tests {
         for seed in [1, 2] {
             let case = testkit::generic_case::<SubCenterArcFaceHead>(&p, seed);
             let a = testkit::eval_ok::<SubCenterArcFaceHead>(&p, &case);
-            let b = testkit::eval_ok::<ArcFaceHead>(&testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0.5}"#), &case);
+            let b = testkit::eval_ok::<ArcFaceHead>(
+                &testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0.5}"#),
+                &case,
+            );
             testkit::assert_evaluations_close("subcenter(k=1) vs arcface", &a, &b, 1e-12);
         }
     }
@@ -97,19 +136,41 @@ mod tests {
         // Class 0 has centres at 90° and 20° from x, class 1 at 70° and 160°; k = 2, s = 1,
         // m = 0.3: target cos(20° + 0.3 rad), other cos 70°.
         let d = |deg: f64| vec![deg.to_radians().cos(), deg.to_radians().sin()];
-        let case = Case { features: vec![d(0.0)], weights: vec![d(90.0), d(20.0), d(70.0), d(160.0)], bias: None, labels: vec![0], iteration: 0 };
-        let e = testkit::eval_ok::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>(r#"{"s": 1, "m": 0.3, "k": 2}"#), &case);
+        let case = Case {
+            features: vec![d(0.0)],
+            weights: vec![d(90.0), d(20.0), d(70.0), d(160.0)],
+            bias: None,
+            labels: vec![0],
+            iteration: 0,
+        };
+        let e = testkit::eval_ok::<SubCenterArcFaceHead>(
+            &testkit::params::<SubCenterArcFaceHead>(r#"{"s": 1, "m": 0.3, "k": 2}"#),
+            &case,
+        );
         let (t, o) = ((20f64.to_radians() + 0.3).cos(), 70f64.to_radians().cos());
         testkit::assert_close("loss", &[e.loss], &[(1.0 + (o - t).exp()).ln()], 1e-10, 1.0);
-        testkit::assert_close("logits", &e.logits[0], &[20f64.to_radians().cos(), o], 1e-10, 1.0);
+        testkit::assert_close(
+            "logits",
+            &e.logits[0],
+            &[20f64.to_radians().cos(), o],
+            1e-10,
+            1.0,
+        );
     }
 
     #[test]
     fn rows_must_be_whole_classes() {
-        let mut case = testkit::generic_case::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>("{}"), 1);
+        let mut case = testkit::generic_case::<SubCenterArcFaceHead>(
+            &testkit::params::<SubCenterArcFaceHead>("{}"),
+            1,
+        );
         case.weights.pop();
-        let err = lossbench_head::eval::evaluate::<SubCenterArcFaceHead>(&testkit::params::<SubCenterArcFaceHead>("{}"), &case, &testkit::device())
-            .expect_err("17 rows for k = 3");
+        let err = lossbench_head::eval::evaluate::<SubCenterArcFaceHead>(
+            &testkit::params::<SubCenterArcFaceHead>("{}"),
+            &case,
+            &testkit::device(),
+        )
+        .expect_err("17 rows for k = 3");
         assert!(err.to_string().contains("17 weight rows"), "{err}");
     }
 }

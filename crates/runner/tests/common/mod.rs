@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use lossbench_experiment::{EpochRecord, RunDir, read_metrics};
 
 /// Write `tiny.toml` (synthetic data inside `dir`) and return its path.
-pub fn tiny_experiment(dir: &Path, losses: &[&str], seeds: &[u64], epochs: u32, lr: f64) -> PathBuf {
+pub fn tiny_experiment(
+    dir: &Path,
+    losses: &[&str],
+    seeds: &[u64],
+    epochs: u32,
+    lr: f64,
+) -> PathBuf {
     let mut text = format!(
         r#"name = "tiny"
 seeds = {seeds:?}
