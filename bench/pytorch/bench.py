@@ -18,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 import torchvision
+from torchvision.transforms import v2
 
 
 def timed(fn, warmup, repeats):
@@ -111,11 +112,11 @@ def train_steps(quick, out):
 class Images(torch.utils.data.Dataset):
     def __init__(self, n):
         self.images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        self.t = torchvision.transforms.v2.Compose([
-            torchvision.transforms.v2.RandomCrop(32, padding=4),
-            torchvision.transforms.v2.RandomHorizontalFlip(),
-            torchvision.transforms.v2.ToDtype(torch.float32, scale=True),
-            torchvision.transforms.v2.Normalize([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
+        self.t = v2.Compose([
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
         ])
 
     def __len__(self):

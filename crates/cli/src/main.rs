@@ -125,6 +125,23 @@ enum DataCommand {
     },
 }
 
+/// Print to stdout; a reader that went away (`lossbench losses | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 fn kind(name: &str) -> Kind {
     if name == "cifar10" {
         Kind::Cifar10
@@ -133,25 +150,29 @@ fn kind(name: &str) -> Kind {
     }
 }
 
-fn losses() {
+fn losses() -> Result<()> {
     for spec in lossbench_registry::LOSSES {
-        println!("{}", spec.name);
-        println!("  {}", spec.formula);
+        out!("{}", spec.name);
+        out!("  {}", spec.formula);
         if spec.params.is_empty() {
-            println!("  (no parameters)");
+            out!("  (no parameters)");
         }
         for p in spec.params {
-            println!(
+            out!(
                 "  {:<13} default {:<8} {} ({})",
-                p.name, p.default, p.help, p.allowed
+                p.name,
+                p.default,
+                p.help,
+                p.allowed
             );
         }
     }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Losses => losses(),
+        Command::Losses => losses()?,
         Command::Probe { input } => return Ok(probe::run(&input)),
         Command::Data { command } => match command {
             DataCommand::Fetch { set, dir } => {
@@ -159,13 +180,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let outcome = fetch::fetch(&dir, kind, &fetch::Source::official(kind), true)?;
                 match outcome {
                     fetch::Outcome::AlreadyPresent(p) => {
-                        println!("{} is already present and verified", p.display())
+                        out!("{} is already present and verified", p.display())
                     }
                     fetch::Outcome::ExtractedLocalArchive(p) => {
-                        println!("extracted the local archive into {}", p.display())
+                        out!("extracted the local archive into {}", p.display())
                     }
                     fetch::Outcome::Downloaded(p) => {
-                        println!("downloaded, verified and extracted into {}", p.display())
+                        out!("downloaded, verified and extracted into {}", p.display())
                     }
                 }
             }
@@ -185,7 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         seed,
                     },
                 )?;
-                println!(
+                out!(
                     "wrote a synthetic CIFAR-100-format set to {}: {} classes, {} train and {} test images",
                     out.display(),
                     m.classes,
@@ -195,7 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             DataCommand::Verify { dir, set } => {
                 let summary = lossbench_data::verify(&dir, kind(&set))?;
-                print!("{summary}");
+                emit(&summary.to_string())?;
             }
         },
         Command::Run {
@@ -227,9 +248,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .max()
                 .unwrap_or(4)
                 .max(4);
-            println!("{:<width$} {:>6}  {:<10} detail", "loss", "seed", "status");
+            out!("{:<width$} {:>6}  {:<10} detail", "loss", "seed", "status");
             for r in &reports {
-                println!(
+                out!(
                     "{:<width$} {:>6}  {:<10} {}",
                     r.loss,
                     r.seed,
@@ -267,8 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             lossbench_experiment::atomic_write(&out, &serde_json::to_vec_pretty(&report)?)?;
-            print!("{}", lossbench_bench::markdown(&report));
-            println!("\n(results written to {})", out.display());
+            emit(&lossbench_bench::markdown(&report))?;
+            out!("\n(results written to {})", out.display());
         }
         Command::Report {
             source,
@@ -277,7 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let built = lossbench_report::build_from(&source, &results, out.as_deref())
                 .with_context(|| format!("cannot build the report of {}", source.display()))?;
-            println!("{built}");
+            out!("{built}");
         }
     }
     Ok(ExitCode::SUCCESS)

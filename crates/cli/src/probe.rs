@@ -54,10 +54,13 @@ fn evaluate(path: &Path) -> Result<String, String> {
 /// Print the evaluation, or a one-line error and exit code 2.
 pub fn run(path: &Path) -> ExitCode {
     match evaluate(path) {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
-        }
+        Ok(json) => match crate::emit(&format!("{json}\n")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the result: {e}");
+                ExitCode::from(1)
+            }
+        },
         Err(e) => {
             eprintln!("error: {}", e.replace('\n', " "));
             ExitCode::from(2)

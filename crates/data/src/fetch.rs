@@ -81,7 +81,7 @@ pub fn md5_file(path: &Path) -> Result<String, DataError> {
 
 fn manual_hint(dir: &Path, source: &Source, kind: Kind) -> String {
     format!(
-        "Without internet access, download {} (MD5 {}) elsewhere, put it at {}, and run `lossbench data fetch {} --dir {}` again",
+        "Without internet access, download {} (MD5 {}) elsewhere, put it at {}, and run `lossbench data fetch {} --dir {}` (or `just reproduce`) again",
         source.archive,
         source.md5,
         dir.join(&source.archive).display(),

@@ -17,21 +17,26 @@ pub fn row_norms(x: Tensor<2>) -> Tensor<2> {
     (x.clone() * x).sum_dim(1).add_scalar(NORM_EPS).sqrt()
 }
 
-/// `x` with every row scaled to unit L2 norm; `[rows, cols]`.
-#[must_use]
-pub fn normalize_rows(x: Tensor<2>) -> Tensor<2> {
-    let norms = row_norms(x.clone());
-    x / norms
-}
-
 /// Cosines between every feature and every class weight, clamped to `[-1, 1]` so rounding
 /// never hands `acos`-like maths a value outside its domain.
 /// `features`: `[batch, dim]`, `weight`: `[classes, dim]` → `[batch, classes]`.
+///
+/// Computed as `(x·Wᵀ) / (‖x‖·‖W_j‖)`: the norms scale the `[batch, classes]` product instead
+/// of normalising the `[classes, dim]` weight matrix, which saves several passes over the
+/// largest tensor (and its gradient) when there are many classes.
 #[must_use]
 pub fn cosine(features: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
-    normalize_rows(features)
-        .matmul(normalize_rows(weight).transpose())
-        .clamp(-1.0, 1.0)
+    let inv_x = row_norms(features.clone()).recip(); // [batch, 1]
+    let inv_w = row_norms(weight.clone()).recip().transpose(); // [1, classes]
+    (features.matmul(weight.transpose()) * inv_x * inv_w).clamp(-1.0, 1.0)
+}
+
+/// Projections of every feature on every unit class direction, `x·W_j/‖W_j‖ = ‖x‖·cos θ_j`:
+/// `[batch, dim]`, `[classes, dim]` → `[batch, classes]` (SphereFace's logits).
+#[must_use]
+pub fn projections(features: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    let inv_w = row_norms(weight.clone()).recip().transpose(); // [1, classes]
+    features.matmul(weight.transpose()) * inv_w
 }
 
 /// The target entry of every row: `[batch, classes]` → `[batch, 1]`.

@@ -184,18 +184,20 @@ fn git_commit() -> Option<String> {
     })
 }
 
-/// Images per second of a training step measured on these machines (see BENCHMARKS.md);
-/// used only for the up-front estimate.
+/// Training throughput on flex for the up-front estimate, from BENCHMARKS.md (2-core
+/// machine): seconds per image ≈ overhead + cost·width². ResNet-18 (26 img/s at width 1,
+/// ~400 img/s at 1/8) and ResNet-50 (6 img/s) are measured; ResNet-34 and -101 are scaled
+/// from them by FLOPs. Other backends have no estimate until their first epoch.
 fn known_throughput(backend: &str, arch: &str, width: f64) -> Option<f64> {
-    let full = match (backend, arch) {
-        ("flex", "resnet18") => 22.0,
-        ("flex", "resnet50") => 6.0,
-        ("flex", "resnet34") => 11.0,
-        ("flex", "resnet101") => 3.2,
+    const OVERHEAD: f64 = 0.0019;
+    let cost = match (backend, arch) {
+        ("flex", "resnet18") => 0.0366,
+        ("flex", "resnet34") => 0.073,
+        ("flex", "resnet50") => 0.165,
+        ("flex", "resnet101") => 0.31,
         _ => return None,
     };
-    // Compute scales roughly with width²; small models are overhead-bound, hence the cap.
-    Some((full / (width * width)).min(3000.0))
+    Some(1.0 / (OVERHEAD + cost * width * width))
 }
 
 /// Human-readable duration.

@@ -11,7 +11,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{
-    cross_entropy, normalize_rows, replace_target, row_norms, target_column,
+    cross_entropy, projections, replace_target, row_norms, target_column,
 };
 use lossbench_head::{
     Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
@@ -145,8 +145,7 @@ impl LossHead for SphereFaceHead {
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        // ‖x‖·cos θ_j = x · ŵ_j: [batch, dim] · [dim, classes]
-        features.matmul(normalize_rows(self.weight.val()).transpose())
+        projections(features, self.weight.val()) // ‖x‖·cos θ_j: [batch, classes]
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, iteration: u64) -> Tensor<1> {
