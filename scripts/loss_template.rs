@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy};
-use lossbench_head::{Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes};
+use lossbench_head::{HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, check_shapes};
 
 /// Cosine classifier: features and class weights L2-normalised, logits `s·cos θ`.
 #[derive(Module, Debug)]
@@ -17,7 +17,7 @@ impl LossHead for __HEAD__ {
         name: "__NAME__",
         formula: "logit_j = s·cos θ_j",
         has_bias: false,
-        params: &[ParamSpec { name: "s", default: 64.0, allowed: Allowed::Positive, help: "scale of the cosine logits" }],
+        params: &[SCALE],
     };
 
     fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {

@@ -68,7 +68,7 @@ lossbench-head.workspace = true
     reg_cargo.write_text(rc.replace("lossbench-arcface.workspace = true\n", f"lossbench-arcface.workspace = true\nlossbench-{name}.workspace = true\n"))
     registry.write_text(text.replace(MARKER, f"    {camel(name)} => lossbench_{ident}::{head},\n{MARKER}"))
     print(f"created crates/losses/{name} ({head}, NormFace maths) and registered it as `{name}`")
-    print(f"next: edit crates/losses/{name}/src/lib.rs, then `cargo test -p lossbench-{name}`")
+    print(f"next: edit crates/losses/{name}/src/lib.rs, then `just test` (the whole workspace: testing one package alone re-resolves dependency features and rebuilds burn)")
     return 0
 
 

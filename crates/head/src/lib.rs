@@ -20,7 +20,7 @@ use burn::prelude::*;
 
 pub use error::HeadError;
 pub use labels::Labels;
-pub use params::{Allowed, ParamSpec, ResolvedParams};
+pub use params::{Allowed, ParamSpec, ResolvedParams, SCALE, angular_margin};
 
 /// What a loss is, for the registry, `lossbench losses` and reports.
 #[derive(Debug, Clone, Copy)]

@@ -65,6 +65,25 @@ pub struct ParamSpec {
     pub help: &'static str,
 }
 
+/// The cosine-logit scale `s` of the normalised heads, with the usual default 64.
+pub const SCALE: ParamSpec = ParamSpec {
+    name: "s",
+    default: 64.0,
+    allowed: Allowed::Positive,
+    help: "scale of the cosine logits",
+};
+
+/// ArcFace's additive angular margin `m` (radians, in `[0, π)`) with the given default.
+#[must_use]
+pub const fn angular_margin(default: f64) -> ParamSpec {
+    ParamSpec {
+        name: "m",
+        default,
+        allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
+        help: "additive angular margin (radians)",
+    }
+}
+
 /// Parameters after defaults are filled in and every value is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedParams {

@@ -6,7 +6,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+    HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin, check_shapes,
 };
 
 /// `1 − cos²θ` is clamped to at least this before the square root: `sin θ` then has a
@@ -43,20 +43,7 @@ impl LossHead for ArcFaceHead {
         name: "arcface",
         formula: "target s·cos(θ_y + m) if θ_y + m ≤ π else s·(cos θ_y − m·sin m), others s·cos θ_j",
         has_bias: false,
-        params: &[
-            ParamSpec {
-                name: "s",
-                default: 64.0,
-                allowed: Allowed::Positive,
-                help: "scale of the cosine logits",
-            },
-            ParamSpec {
-                name: "m",
-                default: 0.5,
-                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
-                help: "additive angular margin (radians)",
-            },
-        ],
+        params: &[SCALE, angular_margin(0.5)],
     };
 
     fn build(

@@ -7,7 +7,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE, check_shapes,
 };
 
 /// `cos θ` is kept in `[−1 + ε, 1 − ε]` before `acos`, whose derivative is infinite at ±1.
@@ -30,12 +30,7 @@ impl LossHead for CombinedHead {
         formula: "target s·(cos(m1·θ_y + m2) − m3) (past π: s·(cos θ_y − m3 − m2·sin m2)), others s·cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec {
-                name: "s",
-                default: 64.0,
-                allowed: Allowed::Positive,
-                help: "scale of the cosine logits",
-            },
+            SCALE,
             ParamSpec {
                 name: "m1",
                 default: 1.0,

@@ -5,7 +5,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE, check_shapes,
 };
 
 /// Additive cosine margin.
@@ -22,12 +22,7 @@ impl LossHead for CosFaceHead {
         formula: "target s·(cos θ_y − m), others s·cos θ_j",
         has_bias: false,
         params: &[
-            ParamSpec {
-                name: "s",
-                default: 64.0,
-                allowed: Allowed::Positive,
-                help: "scale of the cosine logits",
-            },
+            SCALE,
             ParamSpec {
                 name: "m",
                 default: 0.35,

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use lossbench_arcface::margin_target;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+    HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin, check_shapes,
 };
 
 /// Weight of the newest batch in the running mean `t`.
@@ -41,20 +41,7 @@ impl LossHead for CurricularFaceHead {
         name: "curricularface",
         formula: "target s·cos(θ_y + m) (ArcFace); hard negatives c_j > cos(θ_y + m) become s·c_j·(t + c_j); t = EMA of cos θ_y",
         has_bias: false,
-        params: &[
-            ParamSpec {
-                name: "s",
-                default: 64.0,
-                allowed: Allowed::Positive,
-                help: "scale of the cosine logits",
-            },
-            ParamSpec {
-                name: "m",
-                default: 0.5,
-                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
-                help: "additive angular margin (radians)",
-            },
-        ],
+        params: &[SCALE, angular_margin(0.5)],
     };
 
     fn build(

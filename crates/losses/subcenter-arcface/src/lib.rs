@@ -7,7 +7,8 @@ use burn::prelude::*;
 use lossbench_arcface::margin_target;
 use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, check_shapes,
+    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE,
+    angular_margin, check_shapes,
 };
 
 /// ArcFace over the best of `K` sub-centres per class.
@@ -25,18 +26,8 @@ impl LossHead for SubCenterArcFaceHead {
         formula: "c_j = max over K sub-centres of cos; then ArcFace: target s·cos(θ_y + m), others s·c_j",
         has_bias: false,
         params: &[
-            ParamSpec {
-                name: "s",
-                default: 64.0,
-                allowed: Allowed::Positive,
-                help: "scale of the cosine logits",
-            },
-            ParamSpec {
-                name: "m",
-                default: 0.5,
-                allowed: Allowed::HalfOpen(0.0, std::f64::consts::PI),
-                help: "additive angular margin (radians)",
-            },
+            SCALE,
+            angular_margin(0.5),
             ParamSpec {
                 name: "k",
                 default: 3.0,
