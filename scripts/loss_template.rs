@@ -1,15 +1,13 @@
 //! The __NAME__ loss head (scaffolded by `just new-loss`: NormFace maths to start from).
 
-use burn::module::Param;
 use burn::prelude::*;
-use lossbench_head::angular::{cosine, cross_entropy};
-use lossbench_head::{HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, check_shapes};
+use lossbench_head::angular::cross_entropy;
+use lossbench_head::{CosineClassifier, HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE};
 
 /// Cosine classifier: features and class weights L2-normalised, logits `s·cos θ`.
 #[derive(Module, Debug)]
 pub struct __HEAD__ {
-    weight: Param<Tensor<2>>, // [classes, dim]
-    scale: f64,
+    classifier: CosineClassifier,
 }
 
 impl LossHead for __HEAD__ {
@@ -21,12 +19,11 @@ impl LossHead for __HEAD__ {
     };
 
     fn build(params: &ResolvedParams, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
-        Ok(Self { weight: Param::from_tensor(weight), scale: params.get("s") })
+        Ok(Self { classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))? })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale) // [batch, classes]
+        self.classifier.logits(features) // [batch, classes]
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
@@ -34,7 +31,7 @@ impl LossHead for __HEAD__ {
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`testkit`] from its tests.
 
 pub mod angular;
+mod cosine;
 mod error;
 pub mod eval;
 mod labels;
@@ -18,6 +19,7 @@ pub mod testkit;
 
 use burn::prelude::*;
 
+pub use cosine::CosineClassifier;
 pub use error::HeadError;
 pub use labels::Labels;
 pub use params::{Allowed, ParamSpec, ResolvedParams, SCALE, angular_margin};

@@ -2,11 +2,10 @@
 //! class while `θ_y + m ≤ π`, else `s·(cos θ_y − m·sin m)`, which keeps the target logit
 //! monotonic in θ_y (the InsightFace "easy margin off" fallback).
 
-use burn::module::Param;
 use burn::prelude::*;
-use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin, check_shapes,
+    CosineClassifier, HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin,
 };
 
 /// `1 − cos²θ` is clamped to at least this before the square root: `sin θ` then has a
@@ -33,8 +32,7 @@ pub fn margin_target(c: Tensor<2>, m: f64) -> Tensor<2> {
 /// Additive angular margin.
 #[derive(Module, Debug)]
 pub struct ArcFaceHead {
-    weight: Param<Tensor<2>>, // [classes, dim]
-    scale: f64,
+    classifier: CosineClassifier,
     margin: f64,
 }
 
@@ -51,29 +49,27 @@ impl LossHead for ArcFaceHead {
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         Ok(Self {
-            weight: Param::from_tensor(weight),
-            scale: params.get("s"),
+            classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))?,
             margin: params.get("m"),
         })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale)
+        self.classifier.logits(features)
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = cosine(features, self.weight.val()); // [batch, classes]
+        let cos = self.classifier.cosines(features); // [batch, classes]
         let target = margin_target(target_column(cos.clone(), labels), self.margin);
         cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.scale),
+            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
             labels,
         )
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 

@@ -3,11 +3,11 @@
 //! the SphereFace-like multiplicative corner (without SphereFace's ψ and λ).
 //! Past `m1·θ + m2 > π` the target is `cos θ − m3 − m2·sin m2`, ArcFace's monotonic fallback.
 
-use burn::module::Param;
 use burn::prelude::*;
-use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE, check_shapes,
+    Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
+    SCALE,
 };
 
 /// `cos θ` is kept in `[−1 + ε, 1 − ε]` before `acos`, whose derivative is infinite at ±1.
@@ -17,8 +17,7 @@ const ACOS_EPS: f64 = 1e-7;
 /// Combined multiplicative, additive-angular and additive-cosine margin.
 #[derive(Module, Debug)]
 pub struct CombinedHead {
-    weight: Param<Tensor<2>>, // [classes, dim]
-    scale: f64,
+    classifier: CosineClassifier,
     m1: f64,
     m2: f64,
     m3: f64,
@@ -57,10 +56,8 @@ impl LossHead for CombinedHead {
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         Ok(Self {
-            weight: Param::from_tensor(weight),
-            scale: params.get("s"),
+            classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))?,
             m1: params.get("m1"),
             m2: params.get("m2"),
             m3: params.get("m3"),
@@ -68,11 +65,11 @@ impl LossHead for CombinedHead {
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale)
+        self.classifier.logits(features)
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = cosine(features, self.weight.val()); // [batch, classes]
+        let cos = self.classifier.cosines(features); // [batch, classes]
         let c = target_column(cos.clone(), labels); // [batch, 1]
         let theta = c
             .clone()
@@ -87,13 +84,13 @@ impl LossHead for CombinedHead {
             .sub_scalar(self.m3)
             .mask_where(past_pi, fallback);
         cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.scale),
+            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
             labels,
         )
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 

@@ -1,18 +1,17 @@
 //! CosFace / large-margin cosine loss (Wang et al., 2018): `s·(cos θ_y − m)` for the target
 //! class, `s·cos θ_j` for the others.
 
-use burn::module::Param;
 use burn::prelude::*;
-use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE, check_shapes,
+    Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
+    SCALE,
 };
 
 /// Additive cosine margin.
 #[derive(Module, Debug)]
 pub struct CosFaceHead {
-    weight: Param<Tensor<2>>, // [classes, dim]
-    scale: f64,
+    classifier: CosineClassifier,
     margin: f64,
 }
 
@@ -37,29 +36,27 @@ impl LossHead for CosFaceHead {
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         Ok(Self {
-            weight: Param::from_tensor(weight),
-            scale: params.get("s"),
+            classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))?,
             margin: params.get("m"),
         })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale)
+        self.classifier.logits(features)
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = cosine(features, self.weight.val()); // [batch, classes]
+        let cos = self.classifier.cosines(features); // [batch, classes]
         let target = target_column(cos.clone(), labels).sub_scalar(self.margin); // [batch, 1]
         cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.scale),
+            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
             labels,
         )
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 

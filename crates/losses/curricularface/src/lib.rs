@@ -8,12 +8,12 @@
 //! first. This keeps the loss a function of its inputs (for the gradient checks) at the cost
 //! of one batch of lag.
 
-use burn::module::{Param, RunningState};
+use burn::module::RunningState;
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
-use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin, check_shapes,
+    CosineClassifier, HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin,
 };
 
 /// Weight of the newest batch in the running mean `t`.
@@ -22,8 +22,7 @@ const T_MOMENTUM: f64 = 0.01;
 /// Adaptive curriculum: ArcFace margin plus re-weighted hard negatives.
 #[derive(Module, Debug)]
 pub struct CurricularFaceHead {
-    weight: Param<Tensor<2>>, // [classes, dim]
-    scale: f64,
+    classifier: CosineClassifier,
     margin: f64,
     t: RunningState<Tensor<1>>, // [1]
 }
@@ -49,23 +48,21 @@ impl LossHead for CurricularFaceHead {
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let t = Tensor::<1>::zeros([1], (&weight.device(), weight.dtype()));
         Ok(Self {
-            weight: Param::from_tensor(weight),
-            scale: params.get("s"),
+            classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))?,
             margin: params.get("m"),
             t: RunningState::new(t),
         })
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale)
+        self.classifier.logits(features)
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let t = self.t();
-        let cos = cosine(features, self.weight.val()); // [batch, classes]
+        let cos = self.classifier.cosines(features); // [batch, classes]
         let [batch, classes] = cos.dims();
         let c = target_column(cos.clone(), labels); // [batch, 1]
         // cos(θ_y + m) itself (no fallback) decides which negatives are hard, as in the paper.
@@ -85,12 +82,12 @@ impl LossHead for CurricularFaceHead {
             .mask_where(hard, cos.clone() * cos.clone().add_scalar(t));
         let target = margin_target(c.clone(), self.margin);
         let loss = cross_entropy(
-            replace_target(reweighted, labels, target).mul_scalar(self.scale),
+            replace_target(reweighted, labels, target).mul_scalar(self.classifier.scale()),
             labels,
         );
         let mean_target: f64 = c.detach().mean().into_scalar::<f64>();
         let next = T_MOMENTUM * mean_target + (1.0 - T_MOMENTUM) * t;
-        let w = self.weight.val();
+        let w = self.classifier.weight();
         self.t.update(
             Tensor::from_data(TensorData::new(vec![next], [1]), (&w.device(), w.dtype())).detach(),
         );
@@ -98,7 +95,7 @@ impl LossHead for CurricularFaceHead {
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 

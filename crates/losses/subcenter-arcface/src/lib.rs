@@ -2,20 +2,18 @@
 //! class is the largest over that class's centres, then ArcFace's margin on the target.
 //! Weight rows are class-major: row `class·K + k`.
 
-use burn::module::Param;
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
-use lossbench_head::angular::{cosine, cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{cross_entropy, replace_target, target_column};
 use lossbench_head::{
-    Allowed, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams, SCALE,
-    angular_margin, check_shapes,
+    Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
+    SCALE, angular_margin,
 };
 
 /// ArcFace over the best of `K` sub-centres per class.
 #[derive(Module, Debug)]
 pub struct SubCenterArcFaceHead {
-    weight: Param<Tensor<2>>, // [classes·K, dim]
-    scale: f64,
+    classifier: CosineClassifier,
     margin: f64,
     centres: usize,
 }
@@ -42,7 +40,6 @@ impl LossHead for SubCenterArcFaceHead {
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
     ) -> Result<Self, HeadError> {
-        check_shapes(&Self::SPEC, &weight, bias.as_ref())?;
         let centres = params.get("k") as usize;
         if !weight.dims()[0].is_multiple_of(centres) {
             return Err(HeadError::Shape(format!(
@@ -51,8 +48,7 @@ impl LossHead for SubCenterArcFaceHead {
             )));
         }
         Ok(Self {
-            weight: Param::from_tensor(weight),
-            scale: params.get("s"),
+            classifier: CosineClassifier::new(&Self::SPEC, weight, bias, params.get("s"))?,
             margin: params.get("m"),
             centres,
         })
@@ -64,29 +60,31 @@ impl LossHead for SubCenterArcFaceHead {
 
     fn class_cosines(&self, features: Tensor<2>) -> Tensor<2> {
         let [batch, _] = features.dims();
-        let rows = self.weight.dims()[0];
+        let rows = self.classifier.weight().dims()[0];
         let classes = rows / self.centres;
-        cosine(features, self.weight.val()) // [batch, classes·K]
+        self.classifier
+            .cosines(features) // [batch, classes·K]
             .reshape([batch, classes, self.centres])
             .max_dim(2) // [batch, classes, 1]
             .reshape([batch, classes])
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        self.class_cosines(features).mul_scalar(self.scale)
+        self.class_cosines(features)
+            .mul_scalar(self.classifier.scale())
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let cos = self.class_cosines(features);
         let target = margin_target(target_column(cos.clone(), labels), self.margin);
         cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.scale),
+            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
             labels,
         )
     }
 
     fn weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.classifier.weight()
     }
 }
 
