@@ -45,38 +45,45 @@ impl ChannelStats {
         }
     }
 
-    /// Lookup tables: normalised value of every byte, per channel.
-    fn tables(&self) -> [[f32; 256]; 3] {
-        let mut t = [[0f32; 256]; 3];
-        for (ch, table) in t.iter_mut().enumerate() {
+    /// The lookup tables that normalise pixels with these statistics.
+    #[must_use]
+    pub fn normalizer(&self) -> Normalizer {
+        let mut tables = [[0f32; 256]; 3];
+        for (ch, table) in tables.iter_mut().enumerate() {
             for (b, v) in table.iter_mut().enumerate() {
                 *v = (b as f32 / 255.0 - self.mean[ch]) / self.std[ch];
             }
         }
-        t
+        Normalizer { tables }
     }
 }
 
+/// Normalised value of every byte, per channel: built once per data set, shared by every
+/// image of every batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalizer {
+    tables: [[f32; 256]; 3],
+}
+
 /// Normalise an image without augmentation (evaluation). `out` holds [`IMAGE_BYTES`] values.
-pub fn normalize_image(src: &[u8], stats: &ChannelStats, out: &mut [f32]) {
-    augment_image(src, stats, PAD, PAD, false, out);
+pub fn normalize_image(src: &[u8], normalizer: &Normalizer, out: &mut [f32]) {
+    augment_image(src, normalizer, PAD, PAD, false, out);
 }
 
 /// Crop at offset `(dx, dy)` in `0..=2·PAD` of the zero-padded image, flip if asked, and
 /// normalise into `out` (channel-planar, [`IMAGE_BYTES`] values).
 pub fn augment_image(
     src: &[u8],
-    stats: &ChannelStats,
+    normalizer: &Normalizer,
     dx: usize,
     dy: usize,
     flip: bool,
     out: &mut [f32],
 ) {
     debug_assert!(dx <= 2 * PAD && dy <= 2 * PAD);
-    let tables = stats.tables();
     let plane = IMAGE_SIDE * IMAGE_SIDE;
     for ch in 0..3 {
-        let table = &tables[ch];
+        let table = &normalizer.tables[ch];
         let zero = table[0];
         let src_plane = &src[ch * plane..(ch + 1) * plane];
         for y in 0..IMAGE_SIDE {
@@ -124,7 +131,7 @@ mod tests {
     fn centre_crop_without_flip_is_identity() {
         let img = known_image();
         let mut out = vec![0.0; IMAGE_BYTES];
-        normalize_image(&img, &UNIT, &mut out);
+        normalize_image(&img, &UNIT.normalizer(), &mut out);
         for (o, &p) in out.iter().zip(&img) {
             assert!((o - f32::from(p)).abs() < 1e-3);
         }
@@ -135,12 +142,12 @@ mod tests {
         let img = known_image();
         let mut out = vec![0.0; IMAGE_BYTES];
         // dx = 0, dy = 0: output (y, x) shows source (y − 4, x − 4); the first 4 rows/cols are padding.
-        augment_image(&img, &UNIT, 0, 0, false, &mut out);
+        augment_image(&img, &UNIT.normalizer(), 0, 0, false, &mut out);
         assert_eq!(at(&out, 0, 0, 10), 0.0);
         assert_eq!(at(&out, 1, 10, 2), 0.0);
         assert!((at(&out, 2, 10, 12) - f32::from(img[2 * 1024 + 6 * 32 + 8])).abs() < 1e-3);
         // dx = 8: output column x shows source column x + 4; the last 4 columns are padding.
-        augment_image(&img, &UNIT, 8, 4, false, &mut out);
+        augment_image(&img, &UNIT.normalizer(), 8, 4, false, &mut out);
         assert!((at(&out, 0, 5, 3) - f32::from(img[5 * 32 + 7])).abs() < 1e-3);
         assert_eq!(at(&out, 0, 5, 28), 0.0);
     }
@@ -149,8 +156,8 @@ mod tests {
     fn flip_mirrors_the_crop() {
         let img = known_image();
         let (mut plain, mut flipped) = (vec![0.0; IMAGE_BYTES], vec![0.0; IMAGE_BYTES]);
-        augment_image(&img, &UNIT, 2, 6, false, &mut plain);
-        augment_image(&img, &UNIT, 2, 6, true, &mut flipped);
+        augment_image(&img, &UNIT.normalizer(), 2, 6, false, &mut plain);
+        augment_image(&img, &UNIT.normalizer(), 2, 6, true, &mut flipped);
         for ch in 0..3 {
             for y in 0..32 {
                 for x in 0..32 {
@@ -168,12 +175,12 @@ mod tests {
         };
         let img = vec![255u8; IMAGE_BYTES];
         let mut out = vec![0.0; IMAGE_BYTES];
-        normalize_image(&img, &stats, &mut out);
+        normalize_image(&img, &stats.normalizer(), &mut out);
         assert!((at(&out, 0, 3, 3) - 1.0).abs() < 1e-6);
         assert!((at(&out, 1, 3, 3) - 3.0).abs() < 1e-6);
         assert!((at(&out, 2, 3, 3) - 1.0).abs() < 1e-6);
         // Padding is black before normalisation, as in torchvision.
-        augment_image(&img, &stats, 0, 0, false, &mut out);
+        augment_image(&img, &stats.normalizer(), 0, 0, false, &mut out);
         assert!((at(&out, 0, 0, 0) + 1.0).abs() < 1e-6);
     }
 }

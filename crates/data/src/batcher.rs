@@ -5,7 +5,7 @@
 use lossbench_rng::{Purpose, Stream};
 use rayon::prelude::*;
 
-use crate::{ChannelStats, DataSet, IMAGE_BYTES, PAD, augment_image, normalize_image};
+use crate::{ChannelStats, DataSet, IMAGE_BYTES, Normalizer, PAD, augment_image, normalize_image};
 
 /// A batch ready for the device.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,7 @@ pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<u32> {
 #[derive(Debug)]
 pub struct Batcher<'a> {
     set: &'a DataSet,
-    stats: ChannelStats,
+    normalizer: Normalizer,
     batch_size: usize,
     /// `Some((seed, epoch))` for training: shuffled and augmented.
     augment: Option<(u64, u64)>,
@@ -59,7 +59,7 @@ impl<'a> Batcher<'a> {
         let order = epoch_order(seed, epoch, set.len());
         Self {
             set,
-            stats,
+            normalizer: stats.normalizer(),
             batch_size: batch_size.max(1),
             augment: Some((seed, epoch)),
             order,
@@ -71,7 +71,7 @@ impl<'a> Batcher<'a> {
     pub fn eval(set: &'a DataSet, stats: ChannelStats, batch_size: usize) -> Self {
         Self {
             set,
-            stats,
+            normalizer: stats.normalizer(),
             batch_size: batch_size.max(1),
             augment: None,
             order: (0..set.len() as u32).collect(),
@@ -108,9 +108,9 @@ impl<'a> Batcher<'a> {
                         let dx = s.below(2 * PAD as u64 + 1) as usize;
                         let dy = s.below(2 * PAD as u64 + 1) as usize;
                         let flip = s.below(2) == 1;
-                        augment_image(src, &self.stats, dx, dy, flip, out);
+                        augment_image(src, &self.normalizer, dx, dy, flip, out);
                     }
-                    None => normalize_image(src, &self.stats, out),
+                    None => normalize_image(src, &self.normalizer, out),
                 }
             });
         Batch {
@@ -199,7 +199,7 @@ mod tests {
         let stats = ChannelStats::of(&set);
         let b = Batcher::eval(&set, stats, 5).batch(1);
         let mut want = vec![0f32; IMAGE_BYTES];
-        normalize_image(set.image(5), &stats, &mut want);
+        normalize_image(set.image(5), &stats.normalizer(), &mut want);
         assert_eq!(&b.images[..IMAGE_BYTES], &want[..]);
         assert_eq!(b.labels[0], i64::from(set.labels[5]));
     }

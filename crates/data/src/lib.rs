@@ -12,7 +12,9 @@ mod error;
 pub mod fetch;
 pub mod synth;
 
-pub use augment::{ChannelStats, IMAGE_BYTES, IMAGE_SIDE, PAD, augment_image, normalize_image};
+pub use augment::{
+    ChannelStats, IMAGE_BYTES, IMAGE_SIDE, Normalizer, PAD, augment_image, normalize_image,
+};
 pub use batcher::{Batch, Batcher, epoch_order};
 pub use cifar::{DataSet, Kind, Split, Summary, load, verify};
 pub use error::DataError;

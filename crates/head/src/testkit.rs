@@ -91,6 +91,27 @@ pub fn assert_evaluations_close(what: &str, a: &Evaluation, b: &Evaluation, rel:
     }
 }
 
+/// Head `A` with `a_params` and head `B` with `b_params` agree — loss, logits and every
+/// gradient, to `rel` — on three generic cases: the identities between losses (CosFace with
+/// m = 0 is NormFace, ...).
+pub fn check_equivalent<A: LossHead, B: LossHead>(a_params: &str, b_params: &str, rel: f64) {
+    let (pa, pb) = (params::<A>(a_params), params::<B>(b_params));
+    let what = format!(
+        "{}({a_params}) vs {}({b_params})",
+        A::SPEC.name,
+        B::SPEC.name
+    );
+    for seed in [1, 2, 3] {
+        let case = generic_case::<A>(&pa, seed);
+        assert_evaluations_close(
+            &what,
+            &eval_ok::<A>(&pa, &case),
+            &eval_ok::<B>(&pb, &case),
+            rel,
+        );
+    }
+}
+
 /// Central differences of the loss with respect to every feature and weight entry.
 fn finite_difference<H: LossHead>(
     params: &ResolvedParams,

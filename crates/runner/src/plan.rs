@@ -100,10 +100,12 @@ fn kind(name: DataSetName) -> Kind {
     }
 }
 
-/// Load the experiment's data, generating the synthetic set first if it asks for one.
+/// Load the experiment's data, generating the synthetic set first if it asks for one, and
+/// downloading the official set first if `fetch` and it cannot be read.
 pub fn load_data(
     experiment: &Experiment,
     dir_override: Option<&Path>,
+    fetch: bool,
     progress: &Progress,
 ) -> Result<Data> {
     let dir = dir_override.unwrap_or(&experiment.data.dir);
@@ -127,23 +129,32 @@ pub fn load_data(
             synth::write(dir, wanted)?;
         }
     }
-    let train = load(dir, kind, Split::Train)?;
-    let test = load(dir, kind, Split::Test)?;
+    let load_both = || {
+        Ok::<_, lossbench_data::DataError>((
+            load(dir, kind, Split::Train)?,
+            load(dir, kind, Split::Test)?,
+        ))
+    };
+    let (train, test) = match load_both() {
+        // Read once when the data is there; fetch (official sets only) and read again when not.
+        Err(_) if fetch && experiment.data.synthetic.is_none() => {
+            progress.line(&format!(
+                "{} holds no usable {} data: fetching it",
+                dir.display(),
+                kind.name()
+            ));
+            fetch_into(dir, kind)?;
+            load_both()?
+        }
+        loaded => loaded?,
+    };
     let stats = ChannelStats::of(&train);
     Ok(Data { train, test, stats })
 }
 
-/// Download the experiment's data set into the parent of `data.dir` unless it loads already.
-fn fetch_if_missing(
-    experiment: &Experiment,
-    dir_override: Option<&Path>,
-    progress: &Progress,
-) -> Result<()> {
-    let dir = dir_override.unwrap_or(&experiment.data.dir);
-    let kind = kind(experiment.data.set);
-    if load(dir, kind, Split::Train).is_ok() && load(dir, kind, Split::Test).is_ok() {
-        return Ok(());
-    }
+/// Download the official data set into the parent of `dir`, which must be the folder the
+/// archive extracts to.
+fn fetch_into(dir: &Path, kind: Kind) -> Result<()> {
     if dir.file_name().and_then(|n| n.to_str()) != Some(kind.folder()) {
         bail!(
             "cannot fetch into {}: the official archive extracts to a folder named {}; point data.dir there",
@@ -155,11 +166,6 @@ fn fetch_if_missing(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    progress.line(&format!(
-        "{} is missing: fetching {}",
-        dir.display(),
-        kind.name()
-    ));
     fetch::fetch(parent, kind, &fetch::Source::official(kind), true)?;
     Ok(())
 }
@@ -266,11 +272,14 @@ pub fn run_experiment(
     let root = experiment_dir(&options.results, &experiment.name);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     atomic_write(&root.join(EXPERIMENT_COPY), experiment.to_toml().as_bytes())?;
-    if options.fetch && experiment.data.synthetic.is_none() {
-        fetch_if_missing(&experiment, options.data_dir.as_deref(), progress)?;
-    }
+    // Data first: an offline fetch should fail before any device is opened.
+    let data = load_data(
+        &experiment,
+        options.data_dir.as_deref(),
+        options.fetch,
+        progress,
+    )?;
     let backend = options.backend.resolve()?;
-    let data = load_data(&experiment, options.data_dir.as_deref(), progress)?;
 
     let images: f64 = planned
         .iter()

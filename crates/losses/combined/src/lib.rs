@@ -113,28 +113,16 @@ mod tests {
 
     #[test]
     fn arcface_and_cosface_corners() {
-        let p = testkit::params::<CombinedHead>("{}");
-        for seed in [1, 2, 3] {
-            let case = testkit::generic_case::<CombinedHead>(&p, seed);
-            let arc = testkit::eval_ok::<CombinedHead>(
-                &testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0.5, "m3": 0}"#),
-                &case,
-            );
-            let want = testkit::eval_ok::<ArcFaceHead>(
-                &testkit::params::<ArcFaceHead>(r#"{"s": 30, "m": 0.5}"#),
-                &case,
-            );
-            testkit::assert_evaluations_close("combined(1, 0.5, 0) vs arcface", &arc, &want, 1e-8);
-            let cos = testkit::eval_ok::<CombinedHead>(
-                &testkit::params::<CombinedHead>(r#"{"s": 30, "m1": 1, "m2": 0, "m3": 0.35}"#),
-                &case,
-            );
-            let want = testkit::eval_ok::<CosFaceHead>(
-                &testkit::params::<CosFaceHead>(r#"{"s": 30, "m": 0.35}"#),
-                &case,
-            );
-            testkit::assert_evaluations_close("combined(1, 0, 0.35) vs cosface", &cos, &want, 1e-8);
-        }
+        testkit::check_equivalent::<CombinedHead, ArcFaceHead>(
+            r#"{"s": 30, "m1": 1, "m2": 0.5, "m3": 0}"#,
+            r#"{"s": 30, "m": 0.5}"#,
+            1e-8,
+        );
+        testkit::check_equivalent::<CombinedHead, CosFaceHead>(
+            r#"{"s": 30, "m1": 1, "m2": 0, "m3": 0.35}"#,
+            r#"{"s": 30, "m": 0.35}"#,
+            1e-8,
+        );
     }
 
     #[test]
