@@ -109,6 +109,27 @@ def train_steps(quick, out):
         print(f"pytorch train step {arch} batch {batch}: {batch / seconds:.1f} img/s", flush=True)
 
 
+def convolutions(quick, out):
+    """The three convolutions of a training step at the CIFAR ResNet-18's 3x3 shapes (batch 64)."""
+    batch = 64
+    shapes = [(64, 32), (512, 4)] if quick else [(64, 32), (128, 16), (256, 8), (512, 4)]
+    for c, hw in shapes:
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(batch, c, hw, hw, generator=g)
+        w = torch.randn(c, c, 3, 3, generator=g)
+        dy = torch.randn(batch, c, hw, hw, generator=g)
+        ops = {
+            "forward": lambda: F.conv2d(x, w, padding=1),
+            "input grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, padding=1),
+            "weight grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, padding=1),
+        }
+        for name, op in ops.items():
+            seconds, repeats = timed(lambda: op().sum().item(), 1, 2 if quick else 5)
+            out.append(dict(group="conv", name=name, shape=f"3x3, batch {batch}, {c} channels, {hw}x{hw}",
+                            backend="pytorch", median_seconds=seconds, repeats=repeats))
+            print(f"pytorch conv {name} {c} channels {hw}x{hw}: {1e3 * seconds:.2f} ms", flush=True)
+
+
 class Images(torch.utils.data.Dataset):
     def __init__(self, n):
         self.images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -146,12 +167,20 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", default="data,head,train_step,conv",
+                   help="comma-separated groups: data, head, train_step, conv")
     a = p.parse_args()
+    only = set(a.only.split(","))
     torch.set_num_threads(a.threads)
     out = []
-    data_path(a.threads, out)
-    heads(a.quick, out)
-    train_steps(a.quick, out)
+    if "data" in only:
+        data_path(a.threads, out)
+    if "head" in only:
+        heads(a.quick, out)
+    if "train_step" in only:
+        train_steps(a.quick, out)
+    if "conv" in only:
+        convolutions(a.quick, out)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -28,6 +28,17 @@ pub struct Options {
     pub quick: bool,
     /// Python interpreter with torch, to run `bench/pytorch/bench.py` in the same run.
     pub pytorch: Option<PathBuf>,
+    /// Measure only these groups (`data`, `head`, `train_step`, `conv`); empty = all.
+    pub only: Vec<String>,
+}
+
+/// The measurement groups, in the order they run.
+pub const GROUPS: [&str; 4] = ["data", "head", "train_step", "conv"];
+
+impl Options {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 /// One measurement.
@@ -246,6 +257,72 @@ fn train_steps(
     Ok(())
 }
 
+/// The three convolutions of a training step, one by one, at the 3×3 shapes of the CIFAR
+/// ResNet-18 (batch 64): where the training-step gap to PyTorch is. Per shape: the forward
+/// convolution, the input gradient (a transposed convolution) and the weight gradient.
+fn convolutions(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
+    use burn::tensor::module::{conv_transpose2d, conv2d, conv2d_weight_backward};
+    use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+    let device = Device::flex();
+    let batch = 64;
+    // (channels, spatial size) of the four ResNet-18 stages.
+    let shapes: &[(usize, usize)] = if quick {
+        &[(64, 32), (512, 4)]
+    } else {
+        &[(64, 32), (128, 16), (256, 8), (512, 4)]
+    };
+    for &(c, hw) in shapes {
+        let x = random(batch, c * hw * hw, 1, &device).reshape([batch, c, hw, hw]);
+        let w = random(c, c * 9, 2, &device).reshape([c, c, 3, 3]);
+        let g = random(batch, c * hw * hw, 3, &device).reshape([batch, c, hw, hw]);
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let transposed = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
+        // 2 FLOPs per multiply-add; the same count for all three operations.
+        let flops = 2.0 * (batch * c * c * 9 * hw * hw) as f64;
+        type Op<'a> = Box<dyn Fn() -> Tensor<4> + 'a>;
+        let ops: [(&str, Op); 3] = [
+            (
+                "forward",
+                Box::new(|| conv2d(x.clone(), w.clone(), None, options.clone())),
+            ),
+            (
+                "input grad",
+                Box::new(|| conv_transpose2d(g.clone(), w.clone(), None, transposed.clone())),
+            ),
+            (
+                "weight grad",
+                Box::new(|| {
+                    conv2d_weight_backward(x.clone(), w.clone(), g.clone(), options.clone())
+                }),
+            ),
+        ];
+        for (name, op) in ops {
+            let (seconds, repeats) = time(1, if quick { 2 } else { 5 }, || {
+                let _: f32 = op().sum().into_scalar();
+            });
+            let m = Measurement {
+                group: "conv".into(),
+                name: name.into(),
+                shape: format!("3x3, batch {batch}, {c} channels, {hw}x{hw}"),
+                backend: "flex".into(),
+                median_seconds: seconds,
+                repeats,
+                per_second: None,
+                peak_rss_mib: None,
+            };
+            log(&format!(
+                "conv {:<12} {:<36} {:>8.2} ms {:>6.0} GFLOP/s",
+                m.name,
+                m.shape,
+                1e3 * seconds,
+                flops / seconds / 1e9
+            ));
+            out.push(m);
+        }
+    }
+    Ok(())
+}
+
 /// Augment + batch one epoch of a synthetic set held in memory.
 fn data_path(out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("lossbench-bench-data-{}", std::process::id()));
@@ -292,7 +369,7 @@ fn rayon_threads() -> usize {
 }
 
 /// Run the PyTorch side (`bench/pytorch/bench.py`) with `python`.
-fn pytorch(python: &Path, quick: bool) -> Result<Vec<Measurement>> {
+fn pytorch(python: &Path, quick: bool, only: &[String]) -> Result<Vec<Measurement>> {
     let out = std::env::temp_dir().join(format!("lossbench-pytorch-{}.json", std::process::id()));
     let mut cmd = std::process::Command::new(python);
     cmd.arg("bench/pytorch/bench.py")
@@ -302,6 +379,9 @@ fn pytorch(python: &Path, quick: bool) -> Result<Vec<Measurement>> {
         .arg(rayon_threads().to_string());
     if quick {
         cmd.arg("--quick");
+    }
+    if !only.is_empty() {
+        cmd.arg("--only").arg(only.join(","));
     }
     let status = cmd
         .status()
@@ -314,12 +394,27 @@ fn pytorch(python: &Path, quick: bool) -> Result<Vec<Measurement>> {
 
 /// Measure everything; `log` receives one line per measurement.
 pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
+    if let Some(bad) = options.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        anyhow::bail!(
+            "unknown benchmark group `{bad}` (known: {})",
+            GROUPS.join(", ")
+        );
+    }
     let mut lossbench = Vec::new();
-    data_path(&mut lossbench, log)?;
-    heads(options.quick, &mut lossbench, log)?;
-    train_steps(&options.backends, options.quick, &mut lossbench, log)?;
+    if options.wants("data") {
+        data_path(&mut lossbench, log)?;
+    }
+    if options.wants("head") {
+        heads(options.quick, &mut lossbench, log)?;
+    }
+    if options.wants("train_step") {
+        train_steps(&options.backends, options.quick, &mut lossbench, log)?;
+    }
+    if options.wants("conv") {
+        convolutions(options.quick, &mut lossbench, log)?;
+    }
     let pytorch = match &options.pytorch {
-        Some(python) => pytorch(python, options.quick)?,
+        Some(python) => pytorch(python, options.quick, &options.only)?,
         None => Vec::new(),
     };
     Ok(Report {

@@ -79,6 +79,9 @@ enum Command {
         /// Python with torch: also run bench/pytorch/bench.py and report the ratios.
         #[arg(long)]
         pytorch: Option<PathBuf>,
+        /// Only these groups, comma-separated: data, head, train_step (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Build the HTML report of an experiment from the results on disk.
     Report {
@@ -270,6 +273,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             backends,
             quick,
             pytorch,
+            only,
         } => {
             let backends = backends
                 .iter()
@@ -280,6 +284,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     backends,
                     quick,
                     pytorch,
+                    only,
                 },
                 &|line| eprintln!("{line}"),
             )?;
