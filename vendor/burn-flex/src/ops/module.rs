@@ -2,7 +2,7 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{conv, conv_transpose, deform_conv, interpolate, pool};
+use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -66,6 +66,12 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+        // lossbench patch (LOSSBENCH.md): im2col over chunks of samples + one gemm.
+        if matches!(x.dtype(), DType::F32 | DType::F64)
+            && conv2d_gemm::handles_forward(x.layout().shape(), weight.layout().shape(), &options)
+        {
+            return conv2d_gemm::conv2d_forward(x, weight, bias, &options);
+        }
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
@@ -73,6 +79,18 @@ impl ModuleOps<Flex> for Flex {
             DType::BF16 => conv::conv2d_bf16(x, weight, bias, &options),
             dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
         }
+    }
+
+    // lossbench patch (LOSSBENCH.md): one im2col + gemm instead of burn's generic
+    // batch-swapped convolution, whose matrix product is only kernel_h·kernel_w wide.
+    fn conv2d_weight_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        let weight_shape = weight.layout().shape().clone();
+        conv2d_gemm::conv2d_weight_backward(x, output_grad, &weight_shape, &options)
     }
 
     fn deform_conv2d(
