@@ -56,81 +56,66 @@ impl Case {
         ]
     }
 
-    /// y[b, o, y, x] = bias[o] + Σ_c,ky,kx w[o, c, ky, kx] · x[b, group(o)·cpg + c, y·s + ky·d − p, …],
-    /// with the sum of the terms' magnitudes beside each value.
-    fn forward_reference(&self, x: &[f64], w: &[f64], bias: &[f64]) -> Vec<(f64, f64)> {
-        let [b, ci, h, wd] = self.x_shape();
-        let [_, co, oh, ow] = self.g_shape();
-        let [_, cpg, kh, kw] = self.w_shape();
-        let opg = co / self.groups;
-        let (s, d, p) = (self.stride, self.dilation, self.padding);
-        let mut y = vec![(0.0, 0.0); b * co * oh * ow];
-        for bi in 0..b {
-            for o in 0..co {
-                for yy in 0..oh {
-                    for xo in 0..ow {
-                        let (mut acc, mut magnitude) = (bias[o], bias[o].abs());
-                        for c in 0..cpg {
-                            let cx = (o / opg) * cpg + c;
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (yy * s[0] + ky * d[0]) as isize - p[0] as isize;
-                                    let ix = (xo * s[1] + kx * d[1]) as isize - p[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                        continue;
-                                    }
-                                    let (iy, ix) = (iy as usize, ix as usize);
-                                    let term = x[((bi * ci + cx) * h + iy) * wd + ix]
-                                        * w[((o * cpg + c) * kh + ky) * kw + kx];
-                                    acc += term;
-                                    magnitude += term.abs();
-                                }
-                            }
-                        }
-                        y[((bi * co + o) * oh + yy) * ow + xo] = (acc, magnitude);
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// dW[o, c, ky, kx] = Σ_b,y,x g[b, o, y, x] · x[b, group(o)·cpg + c, y·s + ky·d − p, …],
-    /// and beside each value the sum of the terms' magnitudes (the scale of rounding errors).
-    fn reference(&self, x: &[f64], g: &[f64]) -> Vec<(f64, f64)> {
+    /// Every multiply of the convolution: `f(x index, weight index, output index)` for each
+    /// (sample, output channel, output pixel, input channel of its group, kernel tap) whose
+    /// input pixel is inside the image. Both references are sums over these.
+    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
         let [b, ci, h, w] = self.x_shape();
         let [_, co, oh, ow] = self.g_shape();
         let [_, cpg, kh, kw] = self.w_shape();
         let opg = co / self.groups;
         let (s, d, p) = (self.stride, self.dilation, self.padding);
-        let mut dw = vec![(0.0, 0.0); co * cpg * kh * kw];
-        for o in 0..co {
-            for c in 0..cpg {
-                let cx = (o / opg) * cpg + c;
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let (mut acc, mut magnitude) = (0.0, 0.0);
-                        for bi in 0..b {
-                            for y in 0..oh {
-                                for xo in 0..ow {
+        for bi in 0..b {
+            for o in 0..co {
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        for c in 0..cpg {
+                            let cx = (o / opg) * cpg + c;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
                                     let iy = (y * s[0] + ky * d[0]) as isize - p[0] as isize;
                                     let ix = (xo * s[1] + kx * d[1]) as isize - p[1] as isize;
                                     if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                         continue;
                                     }
-                                    let (iy, ix) = (iy as usize, ix as usize);
-                                    let term = x[((bi * ci + cx) * h + iy) * w + ix]
-                                        * g[((bi * co + o) * oh + y) * ow + xo];
-                                    acc += term;
-                                    magnitude += term.abs();
+                                    f(
+                                        ((bi * ci + cx) * h + iy as usize) * w + ix as usize,
+                                        ((o * cpg + c) * kh + ky) * kw + kx,
+                                        ((bi * co + o) * oh + y) * ow + xo,
+                                    );
                                 }
                             }
                         }
-                        dw[((o * cpg + c) * kh + ky) * kw + kx] = (acc, magnitude);
                     }
                 }
             }
         }
+    }
+
+    /// y[b, o, y, x] = bias[o] + Σ_c,ky,kx w[o, c, ky, kx] · x[b, group(o)·cpg + c, y·s + ky·d − p, …],
+    /// and beside each value the sum of the terms' magnitudes (the scale of rounding errors).
+    fn forward_reference(&self, x: &[f64], w: &[f64], bias: &[f64]) -> Vec<(f64, f64)> {
+        let [_, co, oh, ow] = self.g_shape();
+        let mut y: Vec<(f64, f64)> = (0..self.batch * co * oh * ow)
+            .map(|i| (bias[(i / (oh * ow)) % co], bias[(i / (oh * ow)) % co].abs()))
+            .collect();
+        self.for_each_tap(|xi, wi, yi| {
+            let term = x[xi] * w[wi];
+            y[yi].0 += term;
+            y[yi].1 += term.abs();
+        });
+        y
+    }
+
+    /// dW[o, c, ky, kx] = Σ_b,y,x g[b, o, y, x] · x[b, group(o)·cpg + c, y·s + ky·d − p, …],
+    /// with the sum of the terms' magnitudes beside each value.
+    fn reference(&self, x: &[f64], g: &[f64]) -> Vec<(f64, f64)> {
+        let mut dw = vec![(0.0, 0.0); self.w_shape().iter().product()];
+        self.for_each_tap(|xi, wi, yi| {
+            let term = x[xi] * g[yi];
+            dw[wi].0 += term;
+            dw[wi].1 += term.abs();
+        });
         dw
     }
 }
