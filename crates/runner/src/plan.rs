@@ -191,16 +191,16 @@ fn git_commit() -> Option<String> {
 }
 
 /// Training throughput on flex for the up-front estimate, from BENCHMARKS.md (2-core
-/// machine): seconds per image ≈ overhead + cost·width². ResNet-18 (26 img/s at width 1,
-/// ~400 img/s at 1/8) and ResNet-50 (6 img/s) are measured; ResNet-34 and -101 are scaled
+/// machine): seconds per image ≈ overhead + cost·width². ResNet-18 (37 img/s at width 1,
+/// ~500 img/s at 1/8) and ResNet-50 (12.5 img/s) are measured; ResNet-34 and -101 are scaled
 /// from them by FLOPs. Other backends have no estimate until their first epoch.
 fn known_throughput(backend: &str, arch: &str, width: f64) -> Option<f64> {
-    const OVERHEAD: f64 = 0.0019;
+    const OVERHEAD: f64 = 0.0016;
     let cost = match (backend, arch) {
-        ("flex", "resnet18") => 0.0366,
-        ("flex", "resnet34") => 0.073,
-        ("flex", "resnet50") => 0.165,
-        ("flex", "resnet101") => 0.31,
+        ("flex", "resnet18") => 0.027,
+        ("flex", "resnet34") => 0.054,
+        ("flex", "resnet50") => 0.08,
+        ("flex", "resnet101") => 0.15,
         _ => return None,
     };
     Some(1.0 / (OVERHEAD + cost * width * width))
