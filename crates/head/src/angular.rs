@@ -31,6 +31,37 @@ pub fn cosine(features: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     (features.matmul(weight.transpose()) * inv_x * inv_w).clamp(-1.0, 1.0)
 }
 
+/// `s·cos θ` between every feature and every class weight, for logits: `s/‖x‖` scales the
+/// `[batch, dim]` features before the product and `1/‖W_j‖` the product, so the
+/// `[batch, classes]` tensor sees one multiply (and its gradient two passes) where
+/// `s·`[`cosine`] costs three (and six). Not clamped: a value may pass ±s by a rounding
+/// error, harmless in a softmax; margin maths that need `|cos θ| ≤ 1` clamp where they use it
+/// (a clamp here would also zero the gradient of an exactly aligned target).
+#[must_use]
+pub fn scaled_cosine(features: Tensor<2>, weight: Tensor<2>, s: f64) -> Tensor<2> {
+    let scale_x = row_norms(features.clone()).recip().mul_scalar(s); // [batch, 1]
+    let inv_w = row_norms(weight.clone()).recip().transpose(); // [1, classes]
+    (features * scale_x).matmul(weight.transpose()) * inv_w
+}
+
+/// Mean cross-entropy of the logits `scaled` (`s·cos θ`, `[batch, classes]`) with each row's
+/// target logit replaced by `s·margin(cos θ_y)`; `margin` receives `cos θ_y` (`[batch, 1]`),
+/// which may pass ±1 by a rounding error. The margin maths run on `[batch, 1]`; the
+/// `[batch, classes]` logits are only touched by the replacement and the cross-entropy.
+#[must_use]
+pub fn margin_cross_entropy(
+    scaled: Tensor<2>,
+    labels: &Labels,
+    s: f64,
+    margin: impl FnOnce(Tensor<2>) -> Tensor<2>,
+) -> Tensor<1> {
+    let c = target_column(scaled.clone(), labels).div_scalar(s);
+    // s·(margin(c) − c), not s·margin(c) − s·c: exactly 0, with exactly 0 gradient, when the
+    // margin is the identity (m = 0), whatever the rounding of s·c / s.
+    let delta = (margin(c.clone()) - c).mul_scalar(s);
+    cross_entropy(shift_target(scaled, labels, delta), labels)
+}
+
 /// Projections of every feature on every unit class direction, `x·W_j/‖W_j‖ = ‖x‖·cos θ_j`:
 /// `[batch, dim]`, `[classes, dim]` → `[batch, classes]` (SphereFace's logits).
 #[must_use]
@@ -47,12 +78,18 @@ pub fn target_column(values: Tensor<2>, labels: &Labels) -> Tensor<2> {
 
 /// `logits` with each row's target entry replaced by `target` (`[batch, 1]`).
 ///
-/// Implemented as `logits + onehot · (target − logits_y)` via `scatter`, so memory stays
+/// Implemented as `logits + onehot · (target − logits_y)` ([`shift_target`]), so memory stays
 /// `O(batch × classes)` with no dense one-hot mask, and the gradient flows into both the
 /// margin expression and the untouched non-target logits.
 #[must_use]
 pub fn replace_target(logits: Tensor<2>, labels: &Labels, target: Tensor<2>) -> Tensor<2> {
     let delta = target - target_column(logits.clone(), labels);
+    shift_target(logits, labels, delta)
+}
+
+/// `logits` with `delta` (`[batch, 1]`) added to each row's target entry, via `scatter`.
+#[must_use]
+pub fn shift_target(logits: Tensor<2>, labels: &Labels, delta: Tensor<2>) -> Tensor<2> {
     logits.scatter(
         1,
         labels.column(),

@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
-use crate::angular::cosine;
+use crate::angular::{cosine, scaled_cosine};
 use crate::{HeadError, LossSpec, check_shapes};
 
 /// Class weights (`[rows, dim]`) and the scale `s` of the cosine logits.
@@ -46,9 +46,10 @@ impl CosineClassifier {
         cosine(features, self.weight.val())
     }
 
-    /// `s·cos θ`, the logits without margin.
+    /// `s·cos θ`, the logits without margin ([`scaled_cosine`]: cheaper than
+    /// `s·`[`Self::cosines`], not clamped).
     #[must_use]
     pub fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        self.cosines(features).mul_scalar(self.scale)
+        scaled_cosine(features, self.weight.val(), self.scale)
     }
 }

@@ -10,7 +10,7 @@
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
-use lossbench_head::angular::{cosine, cross_entropy, target_column};
+use lossbench_head::angular::{cross_entropy, scaled_cosine, target_column};
 use lossbench_head::{HeadError, Labels, LossHead, LossSpec, ResolvedParams, check_shapes};
 
 /// Cosine classifier with an adaptive scale.
@@ -83,17 +83,18 @@ impl LossHead for AdaCosHead {
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        cosine(features, self.weight.val()).mul_scalar(self.scale())
+        scaled_cosine(features, self.weight.val(), self.scale())
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let s = self.scale();
-        let cos = cosine(features, self.weight.val()); // [batch, classes]
-        let loss = cross_entropy(cos.clone().mul_scalar(s), labels);
+        let logits = scaled_cosine(features, self.weight.val(), s); // s·cos, [batch, classes]
+        let loss = cross_entropy(logits.clone(), labels);
         // The update sees no gradient: only values leave the device.
-        let cos = cos.detach();
-        let target = target_column(cos.clone(), labels); // [batch, 1]
-        let others = cos.mul_scalar(s).exp().sum_dim(1) - target.clone().mul_scalar(s).exp(); // [batch, 1]
+        let logits = logits.detach();
+        let target_logit = target_column(logits.clone(), labels); // [batch, 1]
+        let others = logits.exp().sum_dim(1) - target_logit.clone().exp(); // [batch, 1]
+        let target = target_logit.div_scalar(s); // cos θ_y
         let b_avg: f64 = others.mean().into_scalar::<f64>();
         let mut targets: Vec<f64> = target
             .into_data()

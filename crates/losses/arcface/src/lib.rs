@@ -3,7 +3,7 @@
 //! monotonic in θ_y (the InsightFace "easy margin off" fallback).
 
 use burn::prelude::*;
-use lossbench_head::angular::{cross_entropy, replace_target, target_column};
+use lossbench_head::angular::margin_cross_entropy;
 use lossbench_head::{
     CosineClassifier, HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin,
 };
@@ -60,11 +60,11 @@ impl LossHead for ArcFaceHead {
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = self.classifier.cosines(features); // [batch, classes]
-        let target = margin_target(target_column(cos.clone(), labels), self.margin);
-        cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
+        margin_cross_entropy(
+            self.classifier.logits(features),
             labels,
+            self.classifier.scale(),
+            |c| margin_target(c, self.margin),
         )
     }
 

@@ -4,7 +4,7 @@
 //! Past `m1·θ + m2 > π` the target is `cos θ − m3 − m2·sin m2`, ArcFace's monotonic fallback.
 
 use burn::prelude::*;
-use lossbench_head::angular::{cross_entropy, replace_target, target_column};
+use lossbench_head::angular::margin_cross_entropy;
 use lossbench_head::{
     Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
     SCALE,
@@ -69,23 +69,24 @@ impl LossHead for CombinedHead {
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = self.classifier.cosines(features); // [batch, classes]
-        let c = target_column(cos.clone(), labels); // [batch, 1]
-        let theta = c
-            .clone()
-            .clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS)
-            .acos()
-            .mul_scalar(self.m1)
-            .add_scalar(self.m2);
-        let past_pi = theta.clone().greater_elem(std::f64::consts::PI);
-        let fallback = c.sub_scalar(self.m3 + self.m2 * self.m2.sin());
-        let target = theta
-            .cos()
-            .sub_scalar(self.m3)
-            .mask_where(past_pi, fallback);
-        cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
+        margin_cross_entropy(
+            self.classifier.logits(features),
             labels,
+            self.classifier.scale(),
+            |c| {
+                let theta = c
+                    .clone()
+                    .clamp(-1.0 + ACOS_EPS, 1.0 - ACOS_EPS)
+                    .acos()
+                    .mul_scalar(self.m1)
+                    .add_scalar(self.m2);
+                let past_pi = theta.clone().greater_elem(std::f64::consts::PI);
+                let fallback = c.sub_scalar(self.m3 + self.m2 * self.m2.sin());
+                theta
+                    .cos()
+                    .sub_scalar(self.m3)
+                    .mask_where(past_pi, fallback)
+            },
         )
     }
 

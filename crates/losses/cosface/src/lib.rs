@@ -2,7 +2,7 @@
 //! class, `s·cos θ_j` for the others.
 
 use burn::prelude::*;
-use lossbench_head::angular::{cross_entropy, replace_target, target_column};
+use lossbench_head::angular::margin_cross_entropy;
 use lossbench_head::{
     Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
     SCALE,
@@ -47,11 +47,11 @@ impl LossHead for CosFaceHead {
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = self.classifier.cosines(features); // [batch, classes]
-        let target = target_column(cos.clone(), labels).sub_scalar(self.margin); // [batch, 1]
-        cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
+        margin_cross_entropy(
+            self.classifier.logits(features),
             labels,
+            self.classifier.scale(),
+            |c| c.sub_scalar(self.margin),
         )
     }
 

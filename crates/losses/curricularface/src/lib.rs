@@ -11,7 +11,7 @@
 use burn::module::RunningState;
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
-use lossbench_head::angular::{cross_entropy, replace_target, target_column};
+use lossbench_head::angular::{margin_cross_entropy, shift_target, target_column};
 use lossbench_head::{
     CosineClassifier, HeadError, Labels, LossHead, LossSpec, ResolvedParams, SCALE, angular_margin,
 };
@@ -62,9 +62,10 @@ impl LossHead for CurricularFaceHead {
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
         let t = self.t();
-        let cos = self.classifier.cosines(features); // [batch, classes]
-        let [batch, classes] = cos.dims();
-        let c = target_column(cos.clone(), labels); // [batch, 1]
+        let s = self.classifier.scale();
+        let z = self.classifier.logits(features); // s·cos θ, [batch, classes]
+        let [batch, classes] = z.dims();
+        let c = target_column(z.clone(), labels).div_scalar(s); // cos θ_y, [batch, 1]
         // cos(θ_y + m) itself (no fallback) decides which negatives are hard, as in the paper.
         let sin = (c.clone() * c.clone())
             .neg()
@@ -73,18 +74,17 @@ impl LossHead for CurricularFaceHead {
             .sqrt();
         let shifted =
             (c.clone().mul_scalar(self.margin.cos()) - sin.mul_scalar(self.margin.sin())).detach();
-        let hard = cos
+        // The target entry is replaced below, so it never counts as hard: pushed under −s
+        // here (a detached copy), it stays a plain pass-through and the loss takes the same
+        // path as ArcFace's when no negative is hard.
+        let below_all = Tensor::<2>::full([batch, 1], -2.0 * s - 1.0, (&z.device(), z.dtype()));
+        let hard = shift_target(z.clone().detach(), labels, below_all)
+            .greater(shifted.mul_scalar(s).expand([batch, classes]));
+        // s·c_j·(t + c_j) = z_j·(t + z_j/s)
+        let reweighted = z
             .clone()
-            .detach()
-            .greater(shifted.expand([batch, classes]));
-        let reweighted = cos
-            .clone()
-            .mask_where(hard, cos.clone() * cos.clone().add_scalar(t));
-        let target = margin_target(c.clone(), self.margin);
-        let loss = cross_entropy(
-            replace_target(reweighted, labels, target).mul_scalar(self.classifier.scale()),
-            labels,
-        );
+            .mask_where(hard, z.clone() * z.div_scalar(s).add_scalar(t));
+        let loss = margin_cross_entropy(reweighted, labels, s, |c| margin_target(c, self.margin));
         let mean_target: f64 = c.detach().mean().into_scalar::<f64>();
         let next = T_MOMENTUM * mean_target + (1.0 - T_MOMENTUM) * t;
         let w = self.classifier.weight();

@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use lossbench_arcface::margin_target;
-use lossbench_head::angular::{cross_entropy, replace_target, target_column};
+use lossbench_head::angular::margin_cross_entropy;
 use lossbench_head::{
     Allowed, CosineClassifier, HeadError, Labels, LossHead, LossSpec, ParamSpec, ResolvedParams,
     SCALE, angular_margin,
@@ -59,32 +59,37 @@ impl LossHead for SubCenterArcFaceHead {
     }
 
     fn class_cosines(&self, features: Tensor<2>) -> Tensor<2> {
-        let [batch, _] = features.dims();
-        let rows = self.classifier.weight().dims()[0];
-        let classes = rows / self.centres;
-        self.classifier
-            .cosines(features) // [batch, classes·K]
-            .reshape([batch, classes, self.centres])
-            .max_dim(2) // [batch, classes, 1]
-            .reshape([batch, classes])
+        self.best_centre(self.classifier.cosines(features))
     }
 
     fn logits(&self, features: Tensor<2>) -> Tensor<2> {
-        self.class_cosines(features)
-            .mul_scalar(self.classifier.scale())
+        // max_k s·cos = s·max_k cos for s > 0.
+        self.best_centre(self.classifier.logits(features))
     }
 
     fn loss(&self, features: Tensor<2>, labels: &Labels, _iteration: u64) -> Tensor<1> {
-        let cos = self.class_cosines(features);
-        let target = margin_target(target_column(cos.clone(), labels), self.margin);
-        cross_entropy(
-            replace_target(cos, labels, target).mul_scalar(self.classifier.scale()),
+        margin_cross_entropy(
+            self.logits(features),
             labels,
+            self.classifier.scale(),
+            |c| margin_target(c, self.margin),
         )
     }
 
     fn weight(&self) -> Tensor<2> {
         self.classifier.weight()
+    }
+}
+
+impl SubCenterArcFaceHead {
+    /// Each class's largest value over its `K` centres: `[batch, classes·K]` → `[batch, classes]`.
+    fn best_centre(&self, per_centre: Tensor<2>) -> Tensor<2> {
+        let [batch, rows] = per_centre.dims();
+        let classes = rows / self.centres;
+        per_centre
+            .reshape([batch, classes, self.centres])
+            .max_dim(2) // [batch, classes, 1]
+            .reshape([batch, classes])
     }
 }
 
