@@ -401,14 +401,17 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
         );
     }
     let mut lossbench = Vec::new();
+    // Training steps first, smallest to largest: the binary's allocator keeps freed memory
+    // (crates/cli/src/main.rs), so a step's peak RSS is only its own if nothing bigger ran
+    // before it (the 100,000-class heads hold ~3 GiB).
+    if options.wants("train_step") {
+        train_steps(&options.backends, options.quick, &mut lossbench, log)?;
+    }
     if options.wants("data") {
         data_path(&mut lossbench, log)?;
     }
     if options.wants("head") {
         heads(options.quick, &mut lossbench, log)?;
-    }
-    if options.wants("train_step") {
-        train_steps(&options.backends, options.quick, &mut lossbench, log)?;
     }
     if options.wants("conv") {
         convolutions(options.quick, &mut lossbench, log)?;
