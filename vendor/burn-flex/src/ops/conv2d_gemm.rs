@@ -87,18 +87,8 @@ fn forward_typed<T: burn_backend::Element + Pod + Zero + One + Send + Sync + 'st
     let spatial = out_h * out_w;
     let mut out = vec![T::zero(); batch * c_out * spatial];
     if spatial > 0 && rows > 0 {
-        let chunk = (MAX_COLS / (rows * spatial)).clamp(1, batch);
-        let geometry = Geometry {
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            kernel_h,
-            kernel_w,
-            stride: options.stride,
-            dilation: options.dilation,
-            padding: options.padding_begin(),
-        };
+        let chunk = chunk_samples(rows, spatial, batch);
+        let geometry = Geometry::new([in_h, in_w], [out_h, out_w], [kernel_h, kernel_w], options);
         let mut cols = vec![T::zero(); rows * chunk * spatial];
         let mut y = vec![T::zero(); c_out * chunk * spatial];
         for b0 in (0..batch).step_by(chunk) {
@@ -141,11 +131,11 @@ fn forward_typed<T: burn_backend::Element + Pod + Zero + One + Send + Sync + 'st
             }
         }
     }
-    if let Some(bias) = bias {
+    if let Some(bias) = bias.filter(|_| spatial > 0) {
         let bias = bias.to_contiguous();
         let bias: &[T] = bias.storage();
-        for planes in out.chunks_exact_mut(c_out * spatial.max(1)) {
-            for (plane, &b) in planes.chunks_exact_mut(spatial.max(1)).zip(bias) {
+        for planes in out.chunks_exact_mut(c_out * spatial) {
+            for (plane, &b) in planes.chunks_exact_mut(spatial).zip(bias) {
                 for v in plane {
                     *v = *v + b;
                 }
@@ -220,18 +210,8 @@ fn typed<T: burn_backend::Element + Pod + Zero + One + Send + Sync + 'static>(
     if batch == 0 || spatial == 0 || rows == 0 {
         return weight_tensor(dw, weight_shape, dtype);
     }
-    let chunk = (MAX_COLS / (rows * spatial)).clamp(1, batch);
-    let geometry = Geometry {
-        in_h,
-        in_w,
-        out_h,
-        out_w,
-        kernel_h,
-        kernel_w,
-        stride: options.stride,
-        dilation: options.dilation,
-        padding: options.padding_begin(),
-    };
+    let chunk = chunk_samples(rows, spatial, batch);
+    let geometry = Geometry::new([in_h, in_w], [out_h, out_w], [kernel_h, kernel_w], options);
 
     let mut cols = vec![T::zero(); rows * chunk * spatial];
     let mut first = true;
@@ -314,7 +294,32 @@ struct Geometry {
     padding: [usize; 2],
 }
 
+/// Samples per chunk: as many as keep the column buffer within [`MAX_COLS`], at least one.
+fn chunk_samples(rows: usize, spatial: usize, batch: usize) -> usize {
+    (MAX_COLS / (rows * spatial)).clamp(1, batch)
+}
+
 impl Geometry {
+    /// Input and output `[h, w]`, kernel `[kh, kw]`; padding from the start of each axis.
+    fn new(
+        [in_h, in_w]: [usize; 2],
+        [out_h, out_w]: [usize; 2],
+        [kernel_h, kernel_w]: [usize; 2],
+        options: &ConvOptions<2>,
+    ) -> Self {
+        Self {
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            kernel_h,
+            kernel_w,
+            stride: options.stride,
+            dilation: options.dilation,
+            padding: options.padding_begin(),
+        }
+    }
+
     /// The output positions `o` in `0..out` whose input `o·s + k·d − p` lies in `0..input`.
     fn valid(out: usize, input: usize, k: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
         let offset = (k * d) as isize - p as isize;
