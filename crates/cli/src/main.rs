@@ -85,6 +85,10 @@ enum Command {
         /// Download the data set first if it is missing (official CIFAR only).
         #[arg(long)]
         fetch: bool,
+        /// With --resume, continue runs trained on another backend (recorded per epoch;
+        /// only flex → flex is bit-exact).
+        #[arg(long)]
+        allow_backend_change: bool,
     },
     /// Measure loss heads, training steps and the data path; print a Markdown table.
     Bench {
@@ -115,6 +119,12 @@ enum Command {
         /// Root folder of the results, used when SOURCE is an experiment file.
         #[arg(long, default_value = "results")]
         results: PathBuf,
+    },
+    /// Check every run's files in a results folder (run.json, both metrics files, checkpoint
+    /// CRCs) and print what is wrong; exit code 1 if anything is.
+    VerifyResults {
+        /// A results folder `results/<experiment>`.
+        dir: PathBuf,
     },
 }
 
@@ -254,6 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             results,
             resume,
             fetch,
+            allow_backend_change,
         } => {
             let options = RunOptions {
                 losses,
@@ -264,6 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 results,
                 resume,
                 fetch,
+                allow_backend_change,
             };
             let mut progress = Progress::auto();
             let reports = run_experiment(&experiment, &options, &mut progress)?;
@@ -326,6 +338,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let built = lossbench_report::build_from(&source, &results, out.as_deref())
                 .with_context(|| format!("cannot build the report of {}", source.display()))?;
             out!("{built}");
+        }
+        Command::VerifyResults { dir } => {
+            let verification = lossbench_runner::verify_results(&dir)?;
+            out!("{verification}");
+            if !verification.ok() {
+                return Ok(ExitCode::from(1));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -64,6 +64,14 @@ fn probe_rejects_bad_input_with_exit_code_2() {
             GOOD.replace("\"labels\"", "\"bias\": [0, 0, 0], \"labels\""),
             "has no bias",
         ),
+        (
+            GOOD.replace("[[1, 0], [0, 1]]", "[[1e300, 0], [0, 1]]"),
+            "`features` row 0 has a norm too large for float64",
+        ),
+        (
+            GOOD.replace("[[1, 0], [0, 1], [1, 1]]", "[[1, 0], [0, 1], [1, 1e200]]"),
+            "`weights` row 2 has a norm too large for float64",
+        ),
     ] {
         assert_one_line_error(&probe_text(&text), 2, needle);
     }

@@ -10,6 +10,7 @@ mod batcher;
 mod cifar;
 mod error;
 pub mod fetch;
+mod split;
 pub mod synth;
 
 pub use augment::{
@@ -18,3 +19,4 @@ pub use augment::{
 pub use batcher::{Batch, Batcher, epoch_order};
 pub use cifar::{DataSet, Kind, Split, Summary, load, verify};
 pub use error::DataError;
+pub use split::split_validation;

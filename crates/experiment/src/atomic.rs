@@ -36,6 +36,41 @@ pub fn atomic_write_with(
     result
 }
 
+/// Write several files so that either all of them are replaced or none: every temporary file
+/// is written and flushed first (where a full disk or an I/O error shows), then all are
+/// renamed. Used for the two metrics files, which must hold the same rows.
+pub fn atomic_write_all(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut written = Vec::new();
+    let result = (|| {
+        for (path, bytes) in files {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            written.push(tmp.clone());
+            let mut file = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        }
+        for (tmp, (path, _)) in written.iter().zip(files) {
+            std::fs::rename(tmp, path).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), path.display())
+            })?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for tmp in &written {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

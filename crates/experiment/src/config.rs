@@ -61,6 +61,10 @@ pub struct DataConfig {
     /// If present, the folder holds lossbench's synthetic set and is generated when missing.
     #[serde(default)]
     pub synthetic: Option<SynthSettings>,
+    /// Training images held out as a validation split (stratified by class, the same for
+    /// every loss and seed); 0 = none, model selection is then impossible without the test set.
+    #[serde(default)]
+    pub validation: usize,
 }
 
 impl DataConfig {
@@ -415,7 +419,7 @@ impl Experiment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const VALID: &str = r#"

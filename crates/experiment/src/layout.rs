@@ -59,7 +59,7 @@ impl RunDir {
     }
 }
 
-/// Every run folder under an experiment folder, sorted by loss and seed.
+/// Every run folder (`<loss>/seed-<n>/`) under an experiment folder, sorted by loss and seed.
 pub fn discover_runs(experiment_dir: &Path) -> Result<Vec<RunDir>> {
     let mut runs = Vec::new();
     let entries = std::fs::read_dir(experiment_dir)
@@ -73,10 +73,12 @@ pub fn discover_runs(experiment_dir: &Path) -> Result<Vec<RunDir>> {
         for seed_entry in std::fs::read_dir(loss_entry.path())? {
             let seed_entry = seed_entry?;
             let name = seed_entry.file_name().to_string_lossy().into_owned();
+            // A run folder without a readable run.json is still listed: readers report it
+            // instead of silently skipping it.
             if let Some(seed) = name
                 .strip_prefix("seed-")
                 .and_then(|s| s.parse::<u64>().ok())
-                && seed_entry.path().join("run.json").exists()
+                && seed_entry.file_type()?.is_dir()
             {
                 runs.push(RunDir::new(experiment_dir, &loss, seed));
             }

@@ -5,15 +5,23 @@
 
 mod atomic;
 mod config;
+mod identity;
 mod layout;
 mod manifest;
 mod records;
 
-pub use atomic::{atomic_write, atomic_write_with};
+pub use atomic::{atomic_write, atomic_write_all, atomic_write_with};
 pub use config::{
     ARCHS, Claim, ConfigError, DataConfig, DataSetName, Experiment, LossEntry, ModelConfig,
     Schedule, SynthSettings, TrainingConfig,
 };
+pub use identity::{
+    CopyOutcome, Difference, RunIdentity, claim_experiment_copy, describe, differences, flatten,
+    sha256_hex,
+};
 pub use layout::{EXPERIMENT_COPY, RunDir, discover_runs, experiment_dir};
 pub use manifest::{RunManifest, RunStatus, now_rfc3339};
-pub use records::{EpochRecord, frame_to_records, read_metrics, records_to_frame, write_metrics};
+pub use records::{
+    EpochRecord, MetricsRead, frame_to_records, read_metrics, read_metrics_csv,
+    read_metrics_resilient, records_to_frame, same_rows, write_metrics,
+};

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_write;
+use crate::{RunIdentity, atomic_write};
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,10 @@ pub struct RunManifest {
     pub finished_at: Option<String>,
     /// The resolved experiment.
     pub config: serde_json::Value,
+    /// Everything that determines the run's numbers, and its hash (absent in runs of an
+    /// older lossbench, which are then never resumed).
+    #[serde(default)]
+    pub identity: Option<RunIdentity>,
 }
 
 impl RunManifest {

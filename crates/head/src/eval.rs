@@ -49,6 +49,16 @@ fn matrix(name: &str, rows: &[Vec<f64>]) -> Result<(Vec<f64>, [usize; 2]), HeadE
             "`{name}` holds a non-finite value {v}"
         )));
     }
+    // Norms are squared on the way: a row whose squared norm overflows float64 would come
+    // out as zeros or NaN instead of an answer.
+    if let Some(i) = rows
+        .iter()
+        .position(|r| !r.iter().map(|v| v * v).sum::<f64>().is_finite())
+    {
+        return Err(HeadError::Shape(format!(
+            "`{name}` row {i} has a norm too large for float64 (its square overflows); scale the input down"
+        )));
+    }
     Ok((rows.iter().flatten().copied().collect(), [rows.len(), cols]))
 }
 
@@ -131,7 +141,7 @@ pub fn evaluate<H: LossHead>(
         t.grad(&grads)
             .map_or_else(|| vec![vec![0.0; t.dims()[1]]; t.dims()[0]], to_rows)
     };
-    Ok(Evaluation {
+    let evaluation = Evaluation {
         loss: loss_value,
         grad_features: grad_of(&features),
         grad_weights: grad_of(&weight),
@@ -146,5 +156,16 @@ pub fn evaluate<H: LossHead>(
             )
         }),
         logits: to_rows(logits.inner()),
-    })
+    };
+    let finite = |rows: &[Vec<f64>]| rows.iter().flatten().all(|v| v.is_finite());
+    if !(evaluation.loss.is_finite()
+        && finite(&evaluation.logits)
+        && finite(&evaluation.grad_features)
+        && finite(&evaluation.grad_weights))
+    {
+        return Err(HeadError::Shape(
+            "the result is not finite in float64 (loss, logits or gradients overflow): scale the input down".into(),
+        ));
+    }
+    Ok(evaluation)
 }

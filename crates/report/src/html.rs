@@ -6,7 +6,7 @@ use std::fmt::Write;
 use lossbench_experiment::{Experiment, RunStatus};
 
 use crate::stats::Estimate;
-use crate::summary::{LossSummary, Run};
+use crate::summary::{LossSummary, PairComparison, Results, Run, Unreadable};
 
 const TEMPLATE: &str = include_str!("template.html");
 
@@ -23,6 +23,10 @@ fn pct(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
+fn n_too_small(e: &Estimate) -> String {
+    format!("<span class=\"muted\">n too small (n = {})</span>", e.n)
+}
+
 fn mean_std(e: Option<&Estimate>) -> String {
     match e {
         None => "—".into(),
@@ -36,24 +40,28 @@ fn mean_std(e: Option<&Estimate>) -> String {
     }
 }
 
-fn ci(e: Option<&Estimate>) -> String {
+fn interval(e: Option<&Estimate>, bounds: fn(&Estimate) -> (f64, f64)) -> String {
     match e {
-        Some(e) if e.has_ci() => format!("[{}, {}]", pct(e.ci.0), pct(e.ci.1)),
-        _ => "—".into(),
+        Some(e) if e.enough_for_interval() => {
+            let (lo, hi) = bounds(e);
+            format!("[{}, {}]", pct(lo), pct(hi))
+        }
+        Some(e) => n_too_small(e),
+        None => "—".into(),
     }
 }
 
 fn delta(e: Option<&Estimate>) -> String {
     match e {
         None => "—".into(),
-        Some(e) if e.has_ci() => format!(
+        Some(e) if e.enough_for_interval() => format!(
             "{:+.2} [{:+.2}, {:+.2}] <small>(n={})</small>",
             100.0 * e.mean,
             100.0 * e.ci.0,
             100.0 * e.ci.1,
             e.n
         ),
-        Some(e) => format!("{:+.2} <small>(n={})</small>", 100.0 * e.mean, e.n),
+        Some(e) => format!("{:+.2} {}", 100.0 * e.mean, n_too_small(e)),
     }
 }
 
@@ -61,13 +69,20 @@ fn number(e: Option<&Estimate>, digits: usize) -> String {
     e.map_or_else(|| "—".into(), |e| format!("{:.*}", digits, e.mean))
 }
 
+fn percent_mean(e: Option<&Estimate>) -> String {
+    e.map_or_else(|| "—".into(), |e| pct(e.mean))
+}
+
+fn diverged_flag(r: &LossSummary) -> String {
+    r.diverged_label().map_or_else(String::new, |label| {
+        format!("<br><span class=\"status-diverged\">{label}</span>")
+    })
+}
+
 fn status_cell(r: &LossSummary) -> String {
     let mut parts = vec![format!("{}/{} completed", r.completed, r.total_runs)];
-    if r.diverged > 0 {
-        parts.push(format!(
-            "<span class=\"status-diverged\">{} diverged</span>",
-            r.diverged
-        ));
+    if let Some(label) = r.diverged_label() {
+        parts.push(format!("<span class=\"status-diverged\">{label}</span>"));
     }
     if r.failed > 0 {
         parts.push(format!(
@@ -85,29 +100,57 @@ fn status_cell(r: &LossSummary) -> String {
 }
 
 fn table(rows: &[LossSummary]) -> String {
+    let with_validation = rows.iter().any(|r| r.selected_top1.is_some());
     let mut t = String::from(
-        "<table id=\"summary\"><thead><tr><th>loss</th><th>claimed top-1 %</th><th>claimed epochs</th><th>epochs run</th>\
-         <th>runs</th><th>final top-1 %</th><th>95 % CI</th><th>best top-1 %</th><th>Δ softmax (pp) [95 % CI]</th>\
-         <th>epochs to 95 %</th><th>epochs to 99 %</th><th>s / epoch</th><th>verdict</th></tr></thead><tbody>",
+        "<table id=\"summary\"><thead><tr><th>loss</th><th>claimed top-1 % (epochs)</th><th>epochs run</th>\
+         <th>runs</th><th>final test top-1 %</th><th>95 % CI of the mean</th><th>95 % prediction interval</th>",
+    );
+    if with_validation {
+        t.push_str("<th>test top-1 % at the best validation epoch</th>");
+    }
+    t.push_str(
+        "<th>max test top-1 % over epochs <small>optimistic (selected on test)</small></th>\
+         <th>Δ softmax (pp) [95 % CI]</th><th>MAP@R %</th><th>Recall@1 %</th>\
+         <th>epochs to 95 % / 99 %</th><th>s / epoch</th><th>verdict</th></tr></thead><tbody>",
     );
     for r in rows {
+        let claim = r.claimed_top1.map_or_else(
+            || "—".into(),
+            |c| match r.claimed_epochs {
+                Some(e) => format!("{} ({e})", pct(c)),
+                None => pct(c),
+            },
+        );
         let _ = write!(
             t,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict\">{}</td></tr>",
+            "<tr><td>{}</td><td>{claim}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td>",
             escape(&r.loss),
-            r.claimed_top1.map_or_else(|| "—".into(), pct),
-            r.claimed_epochs
-                .map_or_else(|| "—".into(), |e| e.to_string()),
             r.epochs,
             status_cell(r),
             mean_std(r.final_top1.as_ref()),
-            ci(r.final_top1.as_ref()),
-            mean_std(r.best_top1.as_ref()),
-            if r.loss == "softmax" {
-                "baseline".into()
-            } else {
-                delta(r.delta_vs_softmax.as_ref())
-            },
+            diverged_flag(r),
+            interval(r.final_top1.as_ref(), |e| e.ci),
+            interval(r.final_top1.as_ref(), |e| e.pi),
+        );
+        if with_validation {
+            let _ = write!(t, "<td>{}</td>", mean_std(r.selected_top1.as_ref()));
+        }
+        let delta_cell = if r.loss == "softmax" {
+            "baseline".to_string()
+        } else {
+            let mut cell = delta(r.delta_vs_softmax.as_ref());
+            cell.push_str(&diverged_flag(r));
+            if r.confounded_vs_softmax {
+                cell.push_str("<br><span class=\"confounded\">confounded: other epoch count than softmax</span>");
+            }
+            cell
+        };
+        let _ = write!(
+            t,
+            "<td>{}</td><td>{delta_cell}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td class=\"verdict\">{}</td></tr>",
+            mean_std(r.optimistic_top1.as_ref()),
+            percent_mean(r.final_map_at_r.as_ref()),
+            percent_mean(r.final_recall_at_1.as_ref()),
             number(r.epochs_to_95.as_ref(), 1),
             number(r.epochs_to_99.as_ref(), 1),
             number(r.seconds_per_epoch.as_ref(), 1),
@@ -118,19 +161,80 @@ fn table(rows: &[LossSummary]) -> String {
     t
 }
 
-fn runs_table(runs: &[Run]) -> String {
+fn p_value(p: Option<f64>) -> String {
+    match p {
+        None => "—".into(),
+        Some(p) if p < 0.001 => "&lt; 0.001".into(),
+        Some(p) => format!("{p:.3}"),
+    }
+}
+
+fn pairs_table(pairs: &[PairComparison]) -> String {
+    let mut t = String::from(
+        "<table id=\"pairwise\"><thead><tr><th>a</th><th>b</th><th>Δ a − b (pp) [95 % CI]</th>\
+         <th>paired t-test p</th><th>p, Holm-adjusted</th><th>note</th></tr></thead><tbody>",
+    );
+    for pair in pairs {
+        let significant = pair.p_holm.is_some_and(|p| p < 0.05);
+        let _ = write!(
+            t,
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if significant {
+                " class=\"significant\""
+            } else {
+                ""
+            },
+            escape(&pair.a),
+            escape(&pair.b),
+            delta(pair.delta.as_ref()),
+            p_value(pair.p),
+            p_value(pair.p_holm),
+            if pair.confounded {
+                "<span class=\"confounded\">confounded: different epoch counts</span>"
+            } else {
+                ""
+            },
+        );
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
+fn runs_table(runs: &[Run], unreadable: &[Unreadable]) -> String {
     let mut t = String::from(
         "<table id=\"runs\"><thead><tr><th>loss</th><th>seed</th><th>status</th><th>epochs</th><th>final top-1 %</th><th>detail</th><th>backend</th><th>device</th><th>started</th><th>finished</th></tr></thead><tbody>",
     );
     for r in runs {
         let status = format!("{:?}", r.manifest.status).to_lowercase();
-        let detail = match r.manifest.status {
+        let mut detail = match r.manifest.status {
             RunStatus::Diverged => format!(
                 "non-finite loss at step {}",
                 r.manifest.diverged_at_step.unwrap_or(0)
             ),
             RunStatus::Failed => r.manifest.error.clone().unwrap_or_default(),
             _ => String::new(),
+        };
+        if let Some(note) = &r.note {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(note);
+        }
+        // A run resumed on another backend: which epochs ran where.
+        let backends: BTreeSet<&str> = r
+            .records
+            .iter()
+            .map(|x| x.backend.as_str())
+            .filter(|b| !b.is_empty())
+            .collect();
+        let backend = if backends.len() > 1 {
+            r.records
+                .iter()
+                .map(|x| format!("{}: {}", x.epoch, x.backend))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            r.manifest.backend.clone()
         };
         let _ = write!(
             t,
@@ -143,10 +247,19 @@ fn runs_table(runs: &[Run]) -> String {
                 .last()
                 .map_or_else(|| "—".into(), |x| pct(x.test_top1)),
             escape(&detail),
-            escape(&r.manifest.backend),
+            escape(&backend),
             escape(&r.manifest.device),
             escape(&r.manifest.started_at),
             escape(r.manifest.finished_at.as_deref().unwrap_or("—")),
+        );
+    }
+    for u in unreadable {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{}</td><td class=\"status-failed\">unreadable</td><td>—</td><td>—</td><td>{}</td><td></td><td></td><td></td><td></td></tr>",
+            escape(&u.dir.loss),
+            u.dir.seed,
+            escape(&format!("unreadable: {}", u.reason)),
         );
     }
     t.push_str("</tbody></table>");
@@ -158,19 +271,44 @@ fn distinct(runs: &[Run], f: impl Fn(&Run) -> String) -> String {
     escape(&set.into_iter().collect::<Vec<_>>().join("; "))
 }
 
+/// A rendered figure as the page shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct FigureRef<'a> {
+    pub stem: &'a str,
+    pub title: &'a str,
+    pub caption: &'a str,
+    pub size: (u32, u32),
+}
+
+fn figure_html(f: &FigureRef<'_>) -> String {
+    format!(
+        "<figure id=\"fig-{stem}\"><img src=\"{stem}.png\" alt=\"{}\" width=\"{}\" height=\"{}\"><figcaption>{} (<a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>",
+        escape(f.title),
+        f.size.0,
+        f.size.1,
+        escape(f.caption),
+        stem = f.stem,
+    )
+}
+
+/// The figures that answer the question, shown with the table.
+const VERDICT_FIGURES: [&str; 2] = ["delta_vs_softmax", "claimed_vs_measured"];
+
 /// The whole page.
 #[must_use]
 pub fn page(
     experiment: &Experiment,
     rows: &[LossSummary],
-    runs: &[Run],
-    charts: &[(&str, &str, &str)],
+    pairs: &[PairComparison],
+    results: &Results,
+    figures: &[FigureRef<'_>],
 ) -> String {
+    let runs = &results.runs;
     let mut banner = String::new();
     if runs.iter().any(|r| r.manifest.synthetic_data) {
         banner.push_str("<div class=\"banner\" id=\"synthetic\"><strong>Synthetic data.</strong> These runs used lossbench's generated CIFAR-format stand-in, not CIFAR-100: the numbers show the tool working, not how the losses compare on real images.</div>");
     }
-    let unfinished: Vec<String> = runs
+    let mut unfinished: Vec<String> = runs
         .iter()
         .filter(|r| !r.completed())
         .map(|r| {
@@ -181,26 +319,61 @@ pub fn page(
             .to_lowercase()
         })
         .collect();
+    unfinished.extend(
+        results
+            .unreadable
+            .iter()
+            .map(|u| format!("{} seed {} (unreadable)", u.dir.loss, u.dir.seed)),
+    );
     if !unfinished.is_empty() {
         let _ = write!(
             banner,
-            "<div class=\"warn\" id=\"incomplete\">Not completed: {}. They are excluded from the averages.</div>",
+            "<div class=\"warn\" id=\"incomplete\">Not completed: {}. They are excluded from the averages, and every cell of their loss says how many diverged.</div>",
             escape(&unfinished.join(", "))
         );
     }
-    let figures: String = charts
+    let notes: Vec<String> = runs
         .iter()
-        .map(|(stem, title, caption)| {
-            format!("<figure id=\"fig-{stem}\"><img src=\"{stem}.png\" alt=\"{}\" width=\"900\" height=\"480\"><figcaption>{} (<a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>", escape(title), escape(caption))
+        .filter_map(|r| {
+            r.note
+                .as_ref()
+                .map(|n| format!("{} seed {}: {n}", r.dir.loss, r.dir.seed))
         })
         .collect();
+    if !notes.is_empty() {
+        let _ = write!(
+            banner,
+            "<div class=\"warn\" id=\"damaged\">Damaged metrics files: {}. Check with <code>lossbench verify-results</code>.</div>",
+            escape(&notes.join("; "))
+        );
+    }
+    let (verdict_figures, curves): (Vec<&FigureRef<'_>>, Vec<&FigureRef<'_>>) = figures
+        .iter()
+        .partition(|f| VERDICT_FIGURES.contains(&f.stem));
+    let selection = if rows.iter().any(|r| r.selected_top1.is_some()) {
+        "The headline is the test top-1 after the last epoch; the model selected on the validation split (its best validation epoch) is shown beside it."
+    } else {
+        "This experiment has no validation split (<code>[data] validation</code>): the headline is the test top-1 after the last epoch, and no epoch is selected."
+    };
     TEMPLATE
         .replace("{{title}}", &escape(&experiment.name))
         .replace("{{description}}", &escape(&experiment.description))
         .replace("{{banner}}", &banner)
+        .replace(
+            "{{verdict_figures}}",
+            &verdict_figures
+                .iter()
+                .map(|f| figure_html(f))
+                .collect::<String>(),
+        )
         .replace("{{table}}", &table(rows))
-        .replace("{{charts}}", &figures)
-        .replace("{{runs}}", &runs_table(runs))
+        .replace("{{selection}}", selection)
+        .replace("{{pairwise}}", &pairs_table(pairs))
+        .replace(
+            "{{charts}}",
+            &curves.iter().map(|f| figure_html(f)).collect::<String>(),
+        )
+        .replace("{{runs}}", &runs_table(runs, &results.unreadable))
         .replace(
             "{{backends}}",
             &distinct(runs, |r| {

@@ -16,8 +16,9 @@ use lossbench_experiment::{
 };
 use polars::prelude::*;
 
-use crate::charts::{Chart, Line, colour, render};
-use crate::summary::{LossSummary, Run, load_runs, per_epoch, summarise};
+use crate::charts::{Chart, Dot, DotChart, Figure, Line, Panels, colour, render};
+use crate::stats::Estimate;
+use crate::summary::{LossSummary, Results, Run, load_runs, pairwise, per_epoch, summarise};
 use plotters::prelude::SeriesLabelPosition;
 
 /// What a report build produced.
@@ -26,8 +27,10 @@ pub struct Built {
     pub index: PathBuf,
     pub files: Vec<PathBuf>,
     pub runs: usize,
-    /// `loss seed-n (status)` of every run that is not completed.
+    /// `loss seed-n (status)` of every run that is not completed, or unreadable.
     pub incomplete: Vec<String>,
+    /// Runs read from their intact metrics file because the other one was damaged.
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for Built {
@@ -41,6 +44,9 @@ impl fmt::Display for Built {
         )?;
         if !self.incomplete.is_empty() {
             writeln!(f, "not completed: {}", self.incomplete.join(", "))?;
+        }
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
         }
         Ok(())
     }
@@ -71,12 +77,12 @@ pub fn resolve(source: &Path, results_root: &Path) -> Result<(Experiment, PathBu
 /// Build the report of `source` into `out` (default `reports/<experiment>`).
 pub fn build_from(source: &Path, results_root: &Path, out: Option<&Path>) -> Result<Built> {
     let (experiment, dir) = resolve(source, results_root)?;
-    let runs = load_runs(&dir)?;
+    let results = load_runs(&dir)?;
     let out = out.map_or_else(
         || Path::new("reports").join(&experiment.name),
         Path::to_path_buf,
     );
-    build(&experiment, &runs, &out)
+    build(&experiment, &results, &out)
 }
 
 fn line(
@@ -108,7 +114,96 @@ fn line(
     })
 }
 
-fn charts(losses: &[String], runs: &[Run]) -> Vec<(Chart, &'static str)> {
+fn pp(v: f64) -> f64 {
+    100.0 * v
+}
+
+/// Forest plot: per loss, Δ top-1 vs softmax (pp) with its 95 % CI, the claimed Δ as a cross.
+fn forest(experiment: &Experiment, rows: &[LossSummary]) -> Option<Figure> {
+    let softmax_claim = experiment.claimed.get("softmax").map(|c| c.top1);
+    let dots: Vec<Dot> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.loss != "softmax")
+        .map(|(i, r)| {
+            let d = r.delta_vs_softmax;
+            let mut notes = Vec::new();
+            if let Some(d) = d.filter(|d| !d.enough_for_interval()) {
+                notes.push(format!("n too small for a CI (n = {})", d.n));
+            }
+            if let Some(label) = r.diverged_label() {
+                notes.push(label);
+            }
+            if r.confounded_vs_softmax {
+                notes.push("other epoch count: confounded".into());
+            }
+            Dot {
+                label: r.loss.clone(),
+                colour: colour(&r.loss, i),
+                value: d.map(|d| pp(d.mean)),
+                interval: d
+                    .filter(Estimate::enough_for_interval)
+                    .map(|d| (pp(d.ci.0), pp(d.ci.1))),
+                marker: r.claimed_top1.zip(softmax_claim).map(|(c, s)| pp(c - s)),
+                note: notes.join("; "),
+            }
+        })
+        .collect();
+    (rows.iter().any(|r| r.loss == "softmax") && !dots.is_empty()).then(|| {
+        Figure::Dots(DotChart {
+            file_stem: "delta_vs_softmax".into(),
+            title: "Final test top-1 minus softmax's (paired by seed)".into(),
+            x_label: "Δ top-1 (percentage points)".into(),
+            rows: dots,
+            reference: Some(0.0),
+            value_legend: "measured mean Δ, 95 % CI".into(),
+            marker_legend: "claimed Δ".into(),
+        })
+    })
+}
+
+/// Per loss, the measured final test top-1 with its 95 % prediction interval, and the claim.
+fn claimed_vs_measured(rows: &[LossSummary]) -> Figure {
+    Figure::Dots(DotChart {
+        file_stem: "claimed_vs_measured".into(),
+        title: "Claimed vs measured final test top-1".into(),
+        x_label: "top-1 (%)".into(),
+        rows: rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let f = r.final_top1;
+                let mut notes = Vec::new();
+                if let Some(f) = f.filter(|f| !f.enough_for_interval()) {
+                    notes.push(format!("n too small for an interval (n = {})", f.n));
+                }
+                if let Some(label) = r.diverged_label() {
+                    notes.push(label);
+                }
+                Dot {
+                    label: r.loss.clone(),
+                    colour: colour(&r.loss, i),
+                    value: f.map(|f| pp(f.mean)),
+                    interval: f
+                        .filter(Estimate::enough_for_interval)
+                        .map(|f| (pp(f.pi.0), pp(f.pi.1))),
+                    marker: r.claimed_top1.map(pp),
+                    note: notes.join("; "),
+                }
+            })
+            .collect(),
+        reference: None,
+        value_legend: "measured mean, 95 % prediction interval".into(),
+        marker_legend: "claimed".into(),
+    })
+}
+
+fn figures(
+    experiment: &Experiment,
+    rows: &[LossSummary],
+    runs: &[Run],
+) -> Vec<(Figure, &'static str)> {
+    let losses: Vec<String> = rows.iter().map(|r| r.loss.clone()).collect();
     let simple = |stem: &str,
                   title: &str,
                   y: &str,
@@ -123,190 +218,243 @@ fn charts(losses: &[String], runs: &[Run]) -> Vec<(Chart, &'static str)> {
             .filter_map(|(i, l)| line(runs, l, i, metric, l.clone(), false))
             .collect(),
         y_range: range,
-        legend: if stem == "test_top1" {
-            SeriesLabelPosition::UpperLeft
+        legend: Some(if range.is_some() {
+            SeriesLabelPosition::LowerRight
         } else {
             SeriesLabelPosition::UpperRight
-        },
+        }),
     };
-    let mut angles = simple(
-        "angles",
-        "Feature angles on the test set",
-        "degrees",
-        |r| r.target_angle_deg,
-        None,
-    );
-    angles.lines = losses
+    let angles = Panels {
+        file_stem: "angles".into(),
+        title: "Feature angles on the test set, per loss".into(),
+        panels: losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Chart {
+                file_stem: format!("angles-{l}"),
+                title: l.clone(),
+                y_label: "degrees".into(),
+                lines: [
+                    line(
+                        runs,
+                        l,
+                        i,
+                        |r| r.target_angle_deg,
+                        "to own class".into(),
+                        false,
+                    ),
+                    line(
+                        runs,
+                        l,
+                        i,
+                        |r| r.nearest_other_angle_deg,
+                        "to nearest other".into(),
+                        true,
+                    ),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                y_range: Some((0.0, 120.0)),
+                legend: None,
+            })
+            .collect(),
+    };
+    let mut list = Vec::new();
+    if let Some(f) = forest(experiment, rows) {
+        list.push((
+            f,
+            "Δ final test top-1 vs softmax per loss, paired by seed: dot = mean, bar = 95 % CI (none when n < 3), red cross = the claimed Δ (claimed loss minus claimed softmax). A bar that crosses the dashed zero line means no measured difference.",
+        ));
+    }
+    list.push((
+        claimed_vs_measured(rows),
+        "Final test top-1 per loss: dot = mean over completed seeds, bar = 95 % prediction interval of one more run (what a single published number is compared with), red cross = the claim.",
+    ));
+    list.push((
+        Figure::Lines(simple(
+            "test_top1",
+            "Test top-1 accuracy",
+            "top-1",
+            |r| r.test_top1,
+            Some((0.0, 1.0)),
+        )),
+        "Test top-1 per epoch: mean over seeds, band from the lowest to the highest seed.",
+    ));
+    if runs
         .iter()
-        .enumerate()
-        .flat_map(|(i, l)| {
-            [
-                line(
-                    runs,
-                    l,
-                    i,
-                    |r| r.target_angle_deg,
-                    format!("{l}: to own class"),
-                    false,
-                ),
-                line(
-                    runs,
-                    l,
-                    i,
-                    |r| r.nearest_other_angle_deg,
-                    format!("{l}: to nearest other"),
-                    true,
-                ),
-            ]
-        })
-        .flatten()
-        .collect();
-    vec![
-        (
-            simple(
-                "test_top1",
-                "Test top-1 accuracy",
+        .any(|r| r.records.iter().any(|x| x.val_top1.is_some()))
+    {
+        list.push((
+            Figure::Lines(simple(
+                "val_top1",
+                "Validation top-1 accuracy",
                 "top-1",
-                |r| r.test_top1,
+                |r| r.val_top1.unwrap_or(f64::NAN),
                 Some((0.0, 1.0)),
-            ),
-            "Test top-1 per epoch: mean over seeds, band from the lowest to the highest seed.",
-        ),
-        (
-            simple(
-                "train_loss",
-                "Training loss",
-                "loss (with margin)",
-                |r| r.train_loss,
-                None,
-            ),
-            "Mean training loss per epoch. Losses are on different scales (s, margins): compare shapes, not heights.",
-        ),
-        (
-            simple("lr", "Learning rate", "learning rate", |r| r.lr, None),
-            "Learning rate at the end of each epoch (identical for every loss by design).",
-        ),
-        (
-            angles,
-            "Mean angle between a test feature and its class weight (solid) and the nearest other class weight (dashed): margins should open the gap.",
-        ),
-        (
-            simple(
-                "epoch_seconds",
-                "Time per epoch",
-                "seconds",
-                |r| r.epoch_seconds,
-                None,
-            ),
-            "Wall time of an epoch (training and evaluation).",
-        ),
-    ]
+            )),
+            "Top-1 on the validation split held out of the training images: what model selection uses.",
+        ));
+    }
+    if runs
+        .iter()
+        .any(|r| r.records.iter().any(|x| x.test_map_at_r.is_some()))
+    {
+        list.push((
+            Figure::Lines(simple(
+                "map_at_r",
+                "Retrieval: MAP@R on the test set",
+                "MAP@R",
+                |r| r.test_map_at_r.unwrap_or(f64::NAN),
+                Some((0.0, 1.0)),
+            )),
+            "MAP@R of the L2-normalised test embeddings (leave-one-out, cosine; Musgrave et al. 2020) per epoch.",
+        ));
+    }
+    list.push((
+        Figure::Lines(simple(
+            "train_loss",
+            "Training loss",
+            "loss (with margin)",
+            |r| r.train_loss,
+            None,
+        )),
+        "Mean training loss per epoch. Losses are on different scales (s, margins): compare shapes, not heights.",
+    ));
+    list.push((
+        Figure::Lines(simple(
+            "lr",
+            "Learning rate",
+            "learning rate",
+            |r| r.lr,
+            None,
+        )),
+        "Learning rate at the end of each epoch (identical for every loss by design).",
+    ));
+    list.push((
+        Figure::Panels(angles),
+        "Mean angle between a test feature and its class weight (solid) and the nearest other class weight (dashed), one panel per loss: margins should open the gap.",
+    ));
+    list.push((
+        Figure::Lines(simple(
+            "epoch_seconds",
+            "Time per epoch",
+            "seconds",
+            |r| r.epoch_seconds,
+            None,
+        )),
+        "Wall time of an epoch (training and evaluation).",
+    ));
+    list
 }
 
 fn summary_frame(rows: &[LossSummary]) -> Result<DataFrame> {
-    let opt = |f: &dyn Fn(&LossSummary) -> Option<f64>| -> Vec<Option<f64>> {
-        rows.iter().map(f).collect()
-    };
     let nan_none = |v: f64| v.is_finite().then_some(v);
-    Ok(DataFrame::new(
-        rows.len(),
+    let est = |name: &str, f: fn(&LossSummary) -> Option<Estimate>| -> Vec<Column> {
+        let mean: Vec<Option<f64>> = rows.iter().map(|r| f(r).map(|e| e.mean)).collect();
+        let std: Vec<Option<f64>> = rows
+            .iter()
+            .map(|r| f(r).and_then(|e| nan_none(e.std)))
+            .collect();
+        vec![
+            Column::new(format!("{name}_mean").into(), mean),
+            Column::new(format!("{name}_std").into(), std),
+        ]
+    };
+    let interval = |name: &str, f: fn(&LossSummary) -> Option<(f64, f64)>| -> Vec<Column> {
         vec![
             Column::new(
-                "loss".into(),
-                rows.iter().map(|r| r.loss.as_str()).collect::<Vec<_>>(),
-            ),
-            Column::new("claimed_top1".into(), opt(&|r| r.claimed_top1)),
-            Column::new(
-                "claimed_epochs".into(),
-                rows.iter().map(|r| r.claimed_epochs).collect::<Vec<_>>(),
+                format!("{name}_low").into(),
+                rows.iter()
+                    .map(|r| f(r).and_then(|i| nan_none(i.0)))
+                    .collect::<Vec<_>>(),
             ),
             Column::new(
-                "epochs".into(),
-                rows.iter().map(|r| r.epochs).collect::<Vec<_>>(),
+                format!("{name}_high").into(),
+                rows.iter()
+                    .map(|r| f(r).and_then(|i| nan_none(i.1)))
+                    .collect::<Vec<_>>(),
             ),
-            Column::new(
-                "runs".into(),
-                rows.iter().map(|r| r.total_runs as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "completed".into(),
-                rows.iter().map(|r| r.completed as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "diverged".into(),
-                rows.iter().map(|r| r.diverged as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "failed".into(),
-                rows.iter().map(|r| r.failed as u32).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "final_top1_mean".into(),
-                opt(&|r| r.final_top1.map(|e| e.mean)),
-            ),
-            Column::new(
-                "final_top1_std".into(),
-                opt(&|r| r.final_top1.and_then(|e| nan_none(e.std))),
-            ),
-            Column::new(
-                "final_top1_ci_low".into(),
-                opt(&|r| r.final_top1.and_then(|e| nan_none(e.ci.0))),
-            ),
-            Column::new(
-                "final_top1_ci_high".into(),
-                opt(&|r| r.final_top1.and_then(|e| nan_none(e.ci.1))),
-            ),
-            Column::new(
-                "best_top1_mean".into(),
-                opt(&|r| r.best_top1.map(|e| e.mean)),
-            ),
-            Column::new(
-                "best_top1_std".into(),
-                opt(&|r| r.best_top1.and_then(|e| nan_none(e.std))),
-            ),
-            Column::new(
-                "delta_vs_softmax_mean".into(),
-                opt(&|r| r.delta_vs_softmax.map(|e| e.mean)),
-            ),
-            Column::new(
-                "delta_vs_softmax_ci_low".into(),
-                opt(&|r| r.delta_vs_softmax.and_then(|e| nan_none(e.ci.0))),
-            ),
-            Column::new(
-                "delta_vs_softmax_ci_high".into(),
-                opt(&|r| r.delta_vs_softmax.and_then(|e| nan_none(e.ci.1))),
-            ),
-            Column::new(
-                "epochs_to_95pct".into(),
-                opt(&|r| r.epochs_to_95.map(|e| e.mean)),
-            ),
-            Column::new(
-                "epochs_to_99pct".into(),
-                opt(&|r| r.epochs_to_99.map(|e| e.mean)),
-            ),
-            Column::new(
-                "seconds_per_epoch".into(),
-                opt(&|r| r.seconds_per_epoch.map(|e| e.mean)),
-            ),
-            Column::new(
-                "verdict".into(),
-                rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>(),
-            ),
-        ],
-    )?)
+        ]
+    };
+    let count = |name: &str, f: fn(&LossSummary) -> usize| {
+        Column::new(
+            name.into(),
+            rows.iter().map(|r| f(r) as u32).collect::<Vec<_>>(),
+        )
+    };
+    let mean_of = |name: &str, f: fn(&LossSummary) -> Option<Estimate>| {
+        Column::new(
+            name.into(),
+            rows.iter()
+                .map(|r| f(r).map(|e| e.mean))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut columns = vec![
+        Column::new(
+            "loss".into(),
+            rows.iter().map(|r| r.loss.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "claimed_top1".into(),
+            rows.iter().map(|r| r.claimed_top1).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "claimed_epochs".into(),
+            rows.iter().map(|r| r.claimed_epochs).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "epochs".into(),
+            rows.iter().map(|r| r.epochs).collect::<Vec<_>>(),
+        ),
+        count("runs", |r| r.total_runs),
+        count("completed", |r| r.completed),
+        count("diverged", |r| r.diverged),
+        count("failed", |r| r.failed),
+    ];
+    columns.extend(est("final_top1", |r| r.final_top1));
+    columns.extend(interval("final_top1_ci", |r| r.final_top1.map(|e| e.ci)));
+    columns.extend(interval("final_top1_pi", |r| r.final_top1.map(|e| e.pi)));
+    columns.extend(est("val_selected_top1", |r| r.selected_top1));
+    columns.extend(est("optimistic_max_test_top1", |r| r.optimistic_top1));
+    columns.push(mean_of("delta_vs_softmax_mean", |r| r.delta_vs_softmax));
+    columns.extend(interval("delta_vs_softmax_ci", |r| {
+        r.delta_vs_softmax.map(|e| e.ci)
+    }));
+    columns.push(Column::new(
+        "delta_vs_softmax_confounded".into(),
+        rows.iter()
+            .map(|r| r.confounded_vs_softmax)
+            .collect::<Vec<_>>(),
+    ));
+    columns.extend(est("final_map_at_r", |r| r.final_map_at_r));
+    columns.extend(est("final_recall_at_1", |r| r.final_recall_at_1));
+    columns.push(mean_of("val_selected_map_at_r_mean", |r| {
+        r.selected_map_at_r
+    }));
+    columns.push(mean_of("epochs_to_95pct", |r| r.epochs_to_95));
+    columns.push(mean_of("epochs_to_99pct", |r| r.epochs_to_99));
+    columns.push(mean_of("seconds_per_epoch", |r| r.seconds_per_epoch));
+    columns.push(Column::new(
+        "verdict".into(),
+        rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>(),
+    ));
+    Ok(DataFrame::new(rows.len(), columns)?)
 }
 
-/// Build the report of `experiment` from `runs` into `out`.
-pub fn build(experiment: &Experiment, runs: &[Run], out: &Path) -> Result<Built> {
+/// Build the report of `experiment` from `results` into `out`.
+pub fn build(experiment: &Experiment, results: &Results, out: &Path) -> Result<Built> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let runs = &results.runs;
     let rows = summarise(experiment, runs);
-    let losses: Vec<String> = rows.iter().map(|r| r.loss.clone()).collect();
+    let pairs = pairwise(experiment, runs);
     let mut files = Vec::new();
-    let charts = charts(&losses, runs);
-    for (chart, _) in &charts {
-        render(chart, out)?;
-        files.push(out.join(format!("{}.png", chart.file_stem)));
-        files.push(out.join(format!("{}.svg", chart.file_stem)));
+    let figures = figures(experiment, &rows, runs);
+    for (figure, _) in &figures {
+        render(figure, out)?;
+        files.push(out.join(format!("{}.png", figure.file_stem())));
+        files.push(out.join(format!("{}.svg", figure.file_stem())));
     }
     let mut frame = summary_frame(&rows)?;
     let csv = out.join("summary.csv");
@@ -321,15 +469,21 @@ pub fn build(experiment: &Experiment, runs: &[Run], out: &Path) -> Result<Built>
     let page = html::page(
         experiment,
         &rows,
-        runs,
-        &charts
+        &pairs,
+        results,
+        &figures
             .iter()
-            .map(|(c, cap)| (c.file_stem.as_str(), c.title.as_str(), *cap))
+            .map(|(f, caption)| html::FigureRef {
+                stem: f.file_stem(),
+                title: f.title(),
+                caption,
+                size: f.size(),
+            })
             .collect::<Vec<_>>(),
     );
     lossbench_experiment::atomic_write(&index, page.as_bytes())?;
     files.push(index.clone());
-    let incomplete = runs
+    let mut incomplete: Vec<String> = runs
         .iter()
         .filter(|r| !r.completed())
         .map(|r| {
@@ -344,10 +498,25 @@ pub fn build(experiment: &Experiment, runs: &[Run], out: &Path) -> Result<Built>
             .to_lowercase()
         })
         .collect();
+    incomplete.extend(results.unreadable.iter().map(|u| {
+        format!(
+            "{} seed-{} (unreadable: {})",
+            u.dir.loss, u.dir.seed, u.reason
+        )
+    }));
+    let notes = runs
+        .iter()
+        .filter_map(|r| {
+            r.note
+                .as_ref()
+                .map(|n| format!("{} seed-{}: {n}", r.dir.loss, r.dir.seed))
+        })
+        .collect();
     Ok(Built {
         index,
         files,
         runs: runs.len(),
         incomplete,
+        notes,
     })
 }

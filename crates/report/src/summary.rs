@@ -1,13 +1,13 @@
-//! Read every run of an experiment from disk and summarise it per loss.
+//! Read every run of an experiment from disk and summarise it per loss and per pair of losses.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use lossbench_experiment::{
-    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, discover_runs, read_metrics,
+    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, discover_runs, read_metrics_resilient,
 };
 
-use crate::stats::{Estimate, epochs_to_reach, paired_difference};
+use crate::stats::{Estimate, epochs_to_reach, holm, paired_t_test, paired_values};
 
 /// One run as found on disk.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct Run {
     pub dir: RunDir,
     pub manifest: RunManifest,
     pub records: Vec<EpochRecord>,
+    /// Set when a metrics file was damaged and the other one was used (or they differ).
+    pub note: Option<String>,
 }
 
 impl Run {
@@ -25,40 +27,88 @@ impl Run {
             && self.records.len() as u32 >= self.manifest.epochs
     }
 
-    fn final_top1(&self) -> Option<f64> {
-        self.records.last().map(|r| r.test_top1)
+    fn final_record(&self) -> Option<&EpochRecord> {
+        self.records.last()
     }
 
-    fn best_top1(&self) -> Option<f64> {
+    /// The epoch with the best validation top-1 (the earliest on ties); `None` without a
+    /// validation split.
+    #[must_use]
+    pub fn selected_record(&self) -> Option<&EpochRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.val_top1.is_some_and(f64::is_finite))
+            .fold(None, |best: Option<&EpochRecord>, r| match best {
+                Some(b) if b.val_top1 >= r.val_top1 => Some(b),
+                _ => Some(r),
+            })
+    }
+
+    /// Max over epochs of test top-1: selected on the test set, so optimistic.
+    fn optimistic_top1(&self) -> Option<f64> {
         self.records.iter().map(|r| r.test_top1).reduce(f64::max)
     }
 }
 
-/// Read every run under `experiment_dir`.
-pub fn load_runs(experiment_dir: &Path) -> Result<Vec<Run>> {
+/// A run folder whose files could not be read, and why.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub dir: RunDir,
+    pub reason: String,
+}
+
+/// Everything found under an experiment's results folder.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub runs: Vec<Run>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+fn load_run(dir: RunDir) -> Result<Run, Unreadable> {
+    let manifest = RunManifest::read(&dir.manifest()).map_err(|e| Unreadable {
+        dir: dir.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    match read_metrics_resilient(&dir) {
+        Ok(read) => Ok(Run {
+            dir,
+            manifest,
+            records: read.records,
+            note: read.note,
+        }),
+        Err(e) => Err(Unreadable {
+            dir,
+            reason: format!("{e:#}"),
+        }),
+    }
+}
+
+/// Read every run under `experiment_dir`. A run whose files cannot be read is listed in
+/// `unreadable` with the reason, never dropped and never fatal.
+pub fn load_runs(experiment_dir: &Path) -> Result<Results> {
     if !experiment_dir.is_dir() {
         bail!(
             "{} does not exist: run the experiment first (`lossbench run EXPERIMENT.toml`)",
             experiment_dir.display()
         );
     }
-    let mut runs = Vec::new();
+    let mut results = Results {
+        runs: Vec::new(),
+        unreadable: Vec::new(),
+    };
     for dir in discover_runs(experiment_dir)? {
-        let manifest = RunManifest::read(&dir.manifest())?;
-        let records = read_metrics(&dir).with_context(|| format!("run {}", dir.path.display()))?;
-        runs.push(Run {
-            dir,
-            manifest,
-            records,
-        });
+        match load_run(dir) {
+            Ok(run) => results.runs.push(run),
+            Err(u) => results.unreadable.push(u),
+        }
     }
-    if runs.is_empty() {
+    if results.runs.is_empty() && results.unreadable.is_empty() {
         bail!(
             "{} holds no runs (no <loss>/seed-<n>/run.json): run the experiment first",
             experiment_dir.display()
         );
     }
-    Ok(runs)
+    Ok(results)
 }
 
 /// The headline row of one loss.
@@ -74,21 +124,45 @@ pub struct LossSummary {
     pub diverged: usize,
     pub failed: usize,
     pub incomplete: usize,
+    /// Test top-1 after the last epoch: the headline.
     pub final_top1: Option<Estimate>,
-    pub best_top1: Option<Estimate>,
+    /// Test top-1 at the epoch with the best validation top-1 (only with a validation split).
+    pub selected_top1: Option<Estimate>,
+    /// Max over epochs of test top-1: selected on the test set, so optimistic.
+    pub optimistic_top1: Option<Estimate>,
     /// Final top-1 minus softmax's, paired by seed.
     pub delta_vs_softmax: Option<Estimate>,
+    /// Whether this loss ran for another number of epochs than softmax: its Δ mixes the loss
+    /// with the training length.
+    pub confounded_vs_softmax: bool,
+    /// Retrieval on the test set with the final model's embeddings.
+    pub final_map_at_r: Option<Estimate>,
+    pub final_recall_at_1: Option<Estimate>,
+    /// The same at the validation-selected epoch.
+    pub selected_map_at_r: Option<Estimate>,
     pub epochs_to_95: Option<Estimate>,
     pub epochs_to_99: Option<Estimate>,
     pub seconds_per_epoch: Option<Estimate>,
     pub verdict: String,
 }
 
+impl LossSummary {
+    /// "k/n diverged" when any run of this loss diverged.
+    #[must_use]
+    pub fn diverged_label(&self) -> Option<String> {
+        (self.diverged > 0).then(|| format!("{}/{} diverged", self.diverged, self.total_runs))
+    }
+}
+
+/// Where a published number lies against the measured runs: the 95 % prediction interval
+/// of one more run (a claim is one run), not the CI of the mean. A loss with a diverged
+/// seed is never "inside": its survivors alone do not describe it.
 fn verdict(
     claim: Option<f64>,
     measured: Option<&Estimate>,
     completed: usize,
     total: usize,
+    diverged: usize,
 ) -> String {
     let (Some(claim), Some(m)) = (claim, measured) else {
         return match (claim, completed) {
@@ -97,40 +171,60 @@ fn verdict(
             _ => "not run".into(),
         };
     };
-    if !m.has_ci() {
+    let diverged_note = if diverged > 0 {
+        format!("; {diverged}/{total} diverged")
+    } else {
+        String::new()
+    };
+    if !m.enough_for_interval() {
         let rel = if claim > m.mean {
             "above"
         } else {
             "at or below"
         };
-        return format!("claim {rel} the single measured run (one seed: no CI)");
+        return format!(
+            "n too small for a verdict (n = {}); claim {rel} the measured mean{diverged_note}",
+            m.n
+        );
     }
-    if claim > m.ci.1 {
-        "claim above the measured 95 % CI".into()
-    } else if claim < m.ci.0 {
-        "claim below the measured 95 % CI".into()
+    if claim > m.pi.1 {
+        format!("claim above the measured 95 % prediction interval{diverged_note}")
+    } else if claim < m.pi.0 {
+        format!("claim below the measured 95 % prediction interval{diverged_note}")
+    } else if diverged > 0 {
+        format!(
+            "not confirmed: {diverged}/{total} diverged (claim inside the survivors' 95 % prediction interval)"
+        )
     } else {
-        "claim inside the measured 95 % CI".into()
+        "claim inside the measured 95 % prediction interval".into()
     }
 }
 
-/// Summaries in the experiment's loss order (losses found only on disk come last).
-#[must_use]
-pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
+/// Loss names in the experiment's order, then those found only on disk.
+fn loss_names(experiment: &Experiment, runs: &[Run]) -> Vec<String> {
     let mut names: Vec<String> = experiment.losses.iter().map(|l| l.name.clone()).collect();
     for r in runs {
         if !names.contains(&r.dir.loss) {
             names.push(r.dir.loss.clone());
         }
     }
-    let finals = |loss: &str| -> Vec<(u64, f64)> {
-        runs.iter()
-            .filter(|r| r.dir.loss == loss && r.completed())
-            .filter_map(|r| r.final_top1().map(|v| (r.dir.seed, v)))
-            .collect()
-    };
-    let softmax = finals("softmax");
     names
+}
+
+/// `(seed, final test top-1)` of the completed runs of `loss`.
+fn finals(runs: &[Run], loss: &str) -> Vec<(u64, f64)> {
+    runs.iter()
+        .filter(|r| r.dir.loss == loss && r.completed())
+        .filter_map(|r| r.final_record().map(|x| (r.dir.seed, x.test_top1)))
+        .collect()
+}
+
+/// Summaries in the experiment's loss order (losses found only on disk come last).
+#[must_use]
+pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
+    let softmax = finals(runs, "softmax");
+    let softmax_epochs = experiment.epochs_for("softmax");
+    loss_names(experiment, runs)
         .iter()
         .map(|loss| {
             let mine: Vec<&Run> = runs.iter().filter(|r| &r.dir.loss == loss).collect();
@@ -139,28 +233,38 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
             let values = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> {
                 done.iter().filter_map(|r| f(r)).collect()
             };
-            let final_top1 = Estimate::of(&values(&|r| r.final_top1()));
+            let final_top1 = Estimate::of(&values(&|r| r.final_record().map(|x| x.test_top1)));
             let claim = experiment.claimed.get(loss);
             let curve = |r: &Run| r.records.iter().map(|x| x.test_top1).collect::<Vec<_>>();
+            let diverged = count(RunStatus::Diverged);
+            let epochs = experiment.epochs_for(loss);
             LossSummary {
                 loss: loss.clone(),
                 claimed_top1: claim.map(|c| c.top1),
                 claimed_epochs: claim.and_then(|c| c.epochs),
-                epochs: experiment.epochs_for(loss),
+                epochs,
                 total_runs: mine.len(),
                 completed: done.len(),
-                diverged: count(RunStatus::Diverged),
+                diverged,
                 failed: count(RunStatus::Failed),
-                incomplete: mine.len()
-                    - done.len()
-                    - count(RunStatus::Diverged)
-                    - count(RunStatus::Failed),
-                best_top1: Estimate::of(&values(&|r| r.best_top1())),
+                incomplete: mine.len() - done.len() - diverged - count(RunStatus::Failed),
+                selected_top1: Estimate::of(&values(&|r| r.selected_record().map(|x| x.test_top1))),
+                optimistic_top1: Estimate::of(&values(&|r| r.optimistic_top1())),
                 delta_vs_softmax: if loss == "softmax" {
                     None
                 } else {
-                    paired_difference(&finals(loss), &softmax)
+                    Estimate::of(&paired_values(&finals(runs, loss), &softmax))
                 },
+                confounded_vs_softmax: loss != "softmax" && epochs != softmax_epochs,
+                final_map_at_r: Estimate::of(&values(&|r| {
+                    r.final_record().and_then(|x| x.test_map_at_r)
+                })),
+                final_recall_at_1: Estimate::of(&values(&|r| {
+                    r.final_record().and_then(|x| x.test_recall_at_1)
+                })),
+                selected_map_at_r: Estimate::of(&values(&|r| {
+                    r.selected_record().and_then(|x| x.test_map_at_r)
+                })),
                 epochs_to_95: Estimate::of(&values(&|r| {
                     epochs_to_reach(&curve(r), 0.95).map(|e| e as f64)
                 })),
@@ -178,11 +282,53 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
                     final_top1.as_ref(),
                     done.len(),
                     mine.len(),
+                    diverged,
                 ),
                 final_top1,
             }
         })
         .collect()
+}
+
+/// The paired comparison of two losses: final test top-1 of `a` minus `b` over the seeds
+/// both completed.
+#[derive(Debug, Clone)]
+pub struct PairComparison {
+    pub a: String,
+    pub b: String,
+    pub delta: Option<Estimate>,
+    /// Paired t-test, two-sided; `None` for fewer than two common seeds.
+    pub p: Option<f64>,
+    /// Holm-adjusted over every pair with a p-value.
+    pub p_holm: Option<f64>,
+    /// The two losses ran for different numbers of epochs.
+    pub confounded: bool,
+}
+
+/// Every pair of losses (in summary order, `a` before `b`), with Holm's correction across
+/// the whole family, so "ArcFace > CosFace" is tested as well as "ArcFace > softmax".
+#[must_use]
+pub fn pairwise(experiment: &Experiment, runs: &[Run]) -> Vec<PairComparison> {
+    let names = loss_names(experiment, runs);
+    let mut pairs = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let diffs = paired_values(&finals(runs, a), &finals(runs, b));
+            pairs.push(PairComparison {
+                a: a.clone(),
+                b: b.clone(),
+                delta: Estimate::of(&diffs),
+                p: paired_t_test(&diffs),
+                p_holm: None,
+                confounded: experiment.epochs_for(a) != experiment.epochs_for(b),
+            });
+        }
+    }
+    let raw: Vec<f64> = pairs.iter().map(|p| p.p.unwrap_or(f64::NAN)).collect();
+    for (pair, adjusted) in pairs.iter_mut().zip(holm(&raw)) {
+        pair.p_holm = (!adjusted.is_nan()).then_some(adjusted);
+    }
+    pairs
 }
 
 /// Mean, min and max of a per-epoch metric across the given runs, by 1-based epoch.

@@ -21,6 +21,8 @@ pub enum Purpose {
     Augment = 4,
     /// The synthetic data set.
     Synthetic = 5,
+    /// Which training images are held out for validation (never keyed by the run seed).
+    ValidationSplit = 6,
 }
 
 /// One step of SplitMix64: a bijective, well-mixed 64-bit hash.

@@ -200,8 +200,9 @@ fn floats(bytes: &[u8], count: usize, at: &mut usize) -> Result<Vec<f32>> {
 /// Shapes and values of every model tensor, in module order.
 type Tensors = Vec<(Vec<usize>, Vec<f32>)>;
 
-fn read(path: &Path, device: &Device) -> Result<(Meta, Tensors, SgdState)> {
-    let bytes = std::fs::read(path)?;
+/// Header, CRC and sizes of a checkpoint file: its metadata, the bytes before the CRC and
+/// where the tensor data starts. Needs no device.
+fn parse(bytes: &[u8]) -> Result<(Meta, &[u8], usize)> {
     ensure!(
         bytes.len() >= MAGIC.len() + 12 && &bytes[..8] == MAGIC,
         "not a lossbench checkpoint (bad header or truncated)"
@@ -218,7 +219,34 @@ fn read(path: &Path, device: &Device) -> Result<(Meta, Tensors, SgdState)> {
         "metadata length beyond the end of the file"
     );
     let meta: Meta = serde_json::from_slice(&body[16..16 + json_len])?;
-    let mut at = 16 + json_len;
+    let floats: usize = meta
+        .model_shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>())
+        .chain(meta.momentum_sizes.iter().map(|s| s.unwrap_or(0)))
+        .sum();
+    ensure!(
+        16 + json_len + 4 * floats == body.len(),
+        "the metadata announces {floats} values but the file holds {} bytes of data",
+        body.len() - 16 - json_len
+    );
+    Ok((meta, body, 16 + json_len))
+}
+
+/// Check a checkpoint file (header, CRC, sizes) without loading it; its epoch if sound.
+pub fn verify(path: &Path) -> Result<u32> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(parse(&bytes)?.0.epoch)
+}
+
+/// Every checkpoint file of a run folder, newest first.
+pub fn files(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    list(dir)
+}
+
+fn read(path: &Path, device: &Device) -> Result<(Meta, Tensors, SgdState)> {
+    let bytes = std::fs::read(path)?;
+    let (meta, body, mut at) = parse(&bytes)?;
     let mut tensors = Vec::new();
     for shape in &meta.model_shapes {
         tensors.push((

@@ -6,10 +6,13 @@ pub mod backend;
 pub mod checkpoint;
 pub mod plan;
 pub mod progress;
+pub mod retrieval;
 pub mod schedule;
 pub mod sgd;
 pub mod train;
+pub mod verify;
 
 pub use backend::{Backend, BackendChoice, probe_wgpu};
 pub use plan::{RunLock, RunOptions, RunReport, format_duration, load_data, run_experiment};
 pub use progress::Progress;
+pub use verify::{Verification, verify_results};

@@ -6,10 +6,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use lossbench_data::{ChannelStats, Kind, Split, fetch, load, synth};
+use lossbench_data::{ChannelStats, Kind, Split, fetch, load, split_validation, synth};
 use lossbench_experiment::{
-    DataSetName, EXPERIMENT_COPY, Experiment, RunDir, RunManifest, RunStatus, atomic_write,
-    experiment_dir, now_rfc3339, read_metrics,
+    CopyOutcome, DataSetName, Experiment, RunDir, RunIdentity, RunManifest, RunStatus,
+    claim_experiment_copy, describe, differences, experiment_dir, now_rfc3339, read_metrics,
+    sha256_hex,
 };
 use lossbench_head::ResolvedParams;
 use lossbench_registry::resolve_params;
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Download the (non-synthetic) data set first if it is missing.
     pub fetch: bool,
+    /// Let `--resume` continue a run on another backend than the one it was trained on
+    /// (each epoch's backend is recorded in the metrics).
+    pub allow_backend_change: bool,
 }
 
 /// The end state of each run.
@@ -148,8 +152,22 @@ pub fn load_data(
         }
         loaded => loaded?,
     };
+    let fingerprint = sha256_hex(&[&train.images, &train.labels, &test.images, &test.labels]);
+    let (train, validation) = match experiment.data.validation {
+        0 => (train, None),
+        n => {
+            let (train, validation) = split_validation(&train, n)?;
+            (train, Some(validation))
+        }
+    };
     let stats = ChannelStats::of(&train);
-    Ok(Data { train, test, stats })
+    Ok(Data {
+        train,
+        validation,
+        test,
+        stats,
+        fingerprint,
+    })
 }
 
 /// Download the official data set into the parent of `dir`, which must be the folder the
@@ -224,6 +242,82 @@ struct Planned {
     epochs: u32,
 }
 
+impl Planned {
+    fn identity(&self, experiment: &Experiment, data: &Data) -> RunIdentity {
+        let params: BTreeMap<String, f64> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        RunIdentity::new(
+            experiment,
+            &self.loss,
+            &params,
+            self.seed,
+            self.epochs,
+            &data.fingerprint,
+        )
+    }
+}
+
+/// Check every selected run that already has files before anything is written: results are
+/// only continued with `--resume`, by the same recipe (identity), and on the same backend
+/// unless a switch is allowed. The first problem is a one-line error.
+fn preflight(
+    experiment: &Experiment,
+    planned: &[Planned],
+    root: &Path,
+    data: &Data,
+    backend: &Backend,
+    options: &RunOptions,
+) -> Result<()> {
+    for p in planned {
+        let run = RunDir::new(root, &p.loss, p.seed);
+        if !run.manifest().exists() {
+            continue;
+        }
+        let recorded = RunManifest::read(&run.manifest()).with_context(|| {
+            format!(
+                "{} cannot be continued; move it away to start that run over",
+                run.path.display()
+            )
+        })?;
+        if !options.resume {
+            bail!(
+                "{} already holds results (status {}); pass --resume to continue it, or delete the folder to start over",
+                run.path.display(),
+                format!("{:?}", recorded.status).to_lowercase()
+            );
+        }
+        let Some(identity) = &recorded.identity else {
+            bail!(
+                "{} was written by an older lossbench that did not record the run's identity: it cannot be continued safely; move it away or use another --results",
+                run.path.display()
+            );
+        };
+        let wanted = p.identity(experiment, data);
+        if identity.hash != wanted.hash {
+            let diffs = differences(&identity.values, &wanted.values);
+            bail!(
+                "{} was trained with another setup ({}); nothing was changed: to train this setup use another experiment name or --results (more epochs are a new run, since the schedule depends on them)",
+                run.path.display(),
+                describe(&diffs)
+            );
+        }
+        let will_train = !matches!(recorded.status, RunStatus::Completed | RunStatus::Diverged);
+        if will_train && recorded.backend != backend.name && !options.allow_backend_change {
+            bail!(
+                "{} was trained on {} and would continue on {}: pass --allow-backend-change to allow it (each epoch's backend is recorded), or --backend {}",
+                run.path.display(),
+                recorded.backend,
+                backend.name,
+                recorded.backend
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Run every selected (loss, seed) of the experiment in `path`.
 pub fn run_experiment(
     path: &Path,
@@ -268,10 +362,10 @@ pub fn run_experiment(
             });
         }
     }
-    // Fail on an unwritable results folder before any long work.
     let root = experiment_dir(&options.results, &experiment.name);
+    // Fail on an unwritable results folder before any long work (an empty folder is all
+    // this writes before the checks below).
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    atomic_write(&root.join(EXPERIMENT_COPY), experiment.to_toml().as_bytes())?;
     // Data first: an offline fetch should fail before any device is opened.
     let data = load_data(
         &experiment,
@@ -280,6 +374,15 @@ pub fn run_experiment(
         progress,
     )?;
     let backend = options.backend.resolve()?;
+    // Nothing is written before every existing run and the experiment copy agree.
+    preflight(&experiment, &planned, &root, &data, &backend, options)?;
+    if claim_experiment_copy(&root, &experiment)? == CopyOutcome::Extended {
+        progress.line(&format!(
+            "{}: this file extends the recorded experiment (losses, seeds, claims, description or data folder); its copy in {} now follows it",
+            experiment.name,
+            root.display()
+        ));
+    }
 
     let images: f64 = planned
         .iter()
@@ -370,13 +473,6 @@ fn execute(
 ) -> Result<(RunStatus, String)> {
     let previous = RunManifest::read(&run.manifest()).ok();
     if let Some(prev) = &previous {
-        if !resume {
-            bail!(
-                "{} already holds results (status {:?}); pass --resume to continue it, or delete the folder to start over",
-                run.path.display(),
-                prev.status
-            );
-        }
         let done = read_metrics(run).map(|r| r.len() as u32).unwrap_or(0);
         match prev.status {
             RunStatus::Completed if done >= p.epochs => {
@@ -407,6 +503,7 @@ fn execute(
         epochs: p.epochs,
         run_dir: run,
         device: &device,
+        backend: backend.name,
         label: label.to_string(),
     };
     let begin = start(&spec, data, resume, progress)?;
@@ -438,6 +535,7 @@ fn execute(
         updated_at: now_rfc3339(),
         finished_at: None,
         config: serde_json::to_value(experiment)?,
+        identity: Some(p.identity(experiment, data)),
     };
     manifest.write(&run.manifest())?;
     let ending = train(&spec, data, begin, progress, |record| {

@@ -12,6 +12,7 @@ use lossbench_registry::{AnyHead, init_head};
 
 use crate::checkpoint;
 use crate::progress::Progress;
+use crate::retrieval::{Retrieval, l2_normalise, retrieval};
 use crate::schedule::LrSchedule;
 use crate::sgd::{SgdConfig, SgdState};
 
@@ -58,12 +59,17 @@ impl Net {
     }
 }
 
-/// Training and test split with the normalisation statistics of the training split.
+/// Training, validation and test splits with the normalisation statistics of the training
+/// split, and a fingerprint of the data's content (part of every run's identity).
 #[derive(Debug)]
 pub struct Data {
     pub train: DataSet,
+    /// Held out of the training images when the experiment asks for it.
+    pub validation: Option<DataSet>,
     pub test: DataSet,
     pub stats: ChannelStats,
+    /// SHA-256 of every image and label of the official training and test files.
+    pub fingerprint: String,
 }
 
 /// What one run is.
@@ -77,6 +83,8 @@ pub struct RunSpec<'a> {
     pub run_dir: &'a RunDir,
     /// The autodiff-enabled device.
     pub device: &'a Device,
+    /// The backend's name, recorded with every epoch.
+    pub backend: &'a str,
     pub label: String,
 }
 
@@ -168,13 +176,23 @@ fn host_matrix(t: Tensor<2>) -> (Vec<f32>, usize) {
     )
 }
 
-/// Correct top-1 and top-k predictions of `logits` (row-major, `classes` per row).
+/// Correct top-1 and top-k predictions of `logits` (row-major, `classes` per row), as
+/// `argmax`/`topk` users expect: a target logit that is not finite is never a hit, and a
+/// class tied with the target ranks before it when its index is lower.
 fn correct_topk(logits: &[f32], classes: usize, labels: &[i64], k: usize) -> (usize, usize) {
     let (mut top1, mut topk) = (0, 0);
     for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-        let target = row[label as usize];
-        // Rank = number of classes with a strictly larger logit (ties favour the target).
-        let rank = row.iter().filter(|&&v| v > target).count();
+        let y = label as usize;
+        let target = row[y];
+        if !target.is_finite() {
+            continue;
+        }
+        // A NaN elsewhere ranks above the target (as in torch.topk).
+        let rank = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &v)| v > target || v.is_nan() || (v == target && j < y))
+            .count();
         top1 += usize::from(rank == 0);
         topk += usize::from(rank < k);
     }
@@ -200,37 +218,47 @@ fn angle_sums(cosines: &[f32], classes: usize, labels: &[i64]) -> (f64, f64) {
     (target, other)
 }
 
-/// Test metrics of the un-margined logits plus feature geometry.
+/// Metrics of the un-margined logits on one split, plus feature geometry and retrieval
+/// (computed only where asked: the test split).
 struct Evaluation {
     loss: f64,
     top1: f64,
     top5: f64,
     target_angle: f64,
     nearest_angle: f64,
+    retrieval: Option<Retrieval>,
 }
 
 fn evaluate(
     net: &Net,
-    data: &Data,
+    set: &DataSet,
+    stats: ChannelStats,
     batch_size: usize,
     iteration: u64,
     device: &Device,
+    with_retrieval: bool,
 ) -> Result<Evaluation> {
-    let batcher = Batcher::eval(&data.test, data.stats, batch_size);
-    let classes = data.test.num_classes;
+    let batcher = Batcher::eval(set, stats, batch_size);
+    let classes = set.num_classes;
     let k = classes.min(5);
     let (mut loss_sum, mut top1, mut topk, mut target, mut nearest, mut n) =
         (0.0, 0, 0, 0.0, 0.0, 0usize);
+    let mut embeddings = Vec::new();
+    let mut labels = Vec::new();
     for batch in batcher.iter() {
-        let (images, labels) = upload(&batch, classes, device)?;
+        let (images, batch_labels) = upload(&batch, classes, device)?;
         let features = net.backbone.forward_features(images); // [batch, dim]
         let loss: f64 = net
             .head
-            .loss(features.clone(), &labels, iteration)
+            .loss(features.clone(), &batch_labels, iteration)
             .into_scalar::<f32>()
             .into();
         let (logits, _) = host_matrix(net.head.logits(features.clone()));
-        let (cosines, _) = host_matrix(net.head.class_cosines(features));
+        let (cosines, _) = host_matrix(net.head.class_cosines(features.clone()));
+        if with_retrieval {
+            embeddings.push(l2_normalise(features)); // [batch, dim], stays on the device
+            labels.extend_from_slice(&batch.labels);
+        }
         let (c1, ck) = correct_topk(&logits, classes, &batch.labels, k);
         let (t, o) = angle_sums(&cosines, classes, &batch.labels);
         loss_sum += loss * batch.len() as f64;
@@ -240,6 +268,11 @@ fn evaluate(
         nearest += o;
         n += batch.len();
     }
+    let retrieval = if embeddings.is_empty() {
+        None
+    } else {
+        retrieval(&Tensor::cat(embeddings, 0), &labels)
+    };
     let n = n.max(1) as f64;
     Ok(Evaluation {
         loss: loss_sum / n,
@@ -247,6 +280,7 @@ fn evaluate(
         top5: topk as f64 / n,
         target_angle: target / n,
         nearest_angle: nearest / n,
+        retrieval,
     })
 }
 
@@ -339,12 +373,30 @@ pub fn train(
         // Snapshots without autodiff, batch-norm statistics synced. Evaluation gets its own, so
         // a head with state (an adaptive scale) cannot carry test batches into the checkpoint.
         let snapshot = net.valid();
+        let eval_device = device.clone().inner();
+        let validation = data
+            .validation
+            .as_ref()
+            .map(|set| {
+                evaluate(
+                    &net.valid(),
+                    set,
+                    data.stats,
+                    t.eval_batch_size,
+                    iteration,
+                    &eval_device,
+                    false,
+                )
+            })
+            .transpose()?;
         let eval = evaluate(
             &net.valid(),
-            data,
+            &data.test,
+            data.stats,
             t.eval_batch_size,
             iteration,
-            &device.clone().inner(),
+            &eval_device,
+            true,
         )?;
         let record = EpochRecord {
             experiment: spec.experiment.name.clone(),
@@ -355,25 +407,36 @@ pub fn train(
             lr,
             train_loss: loss_sum / seen.max(1) as f64,
             train_top1: correct as f64 / seen.max(1) as f64,
+            val_loss: validation.as_ref().map(|v| v.loss),
+            val_top1: validation.as_ref().map(|v| v.top1),
             test_loss: eval.loss,
             test_top1: eval.top1,
             test_top5: eval.top5,
+            test_recall_at_1: eval.retrieval.map(|r| r.recall_at_1),
+            test_map_at_r: eval.retrieval.map(|r| r.map_at_r),
             target_angle_deg: eval.target_angle,
             nearest_other_angle_deg: eval.nearest_angle,
             epoch_seconds: started.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_seconds.max(1e-9),
+            backend: spec.backend.to_string(),
         };
         records.push(record.clone());
         // Metrics first, then the checkpoint: a crash between the two leaves metrics one epoch
         // ahead of the newest checkpoint, which `start` trims and recomputes identically.
         write_metrics(spec.run_dir, &records)?;
-        checkpoint::save(
+        if let Err(e) = checkpoint::save(
             &spec.run_dir.checkpoints(),
             epoch + 1,
             iteration,
             &snapshot,
             &sgd,
-        )?;
+        ) {
+            // A full disk or an I/O error: take this epoch's row back so the files on disk
+            // stay one consistent epoch (if that fails too, resume trims the row anyway).
+            records.pop();
+            let _ = write_metrics(spec.run_dir, &records);
+            return Err(e);
+        }
         progress.end_epoch(&spec.label, spec.epochs, &record);
         on_epoch(&record)?;
     }
@@ -385,10 +448,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn topk_counts_ties_for_the_target() {
+    fn topk_breaks_ties_by_index_and_never_counts_a_non_finite_target() {
         let logits = [0.1, 0.9, 0.0, 0.5, 0.5, 0.2];
+        // Row 1: classes 0 and 1 tie at 0.5; argmax is class 0.
         assert_eq!(correct_topk(&logits, 3, &[1, 0], 1), (2, 2));
+        assert_eq!(correct_topk(&logits, 3, &[1, 1], 1), (1, 1));
+        assert_eq!(correct_topk(&logits[3..], 3, &[1], 1), (0, 0));
+        assert_eq!(correct_topk(&logits[3..], 3, &[1], 2), (0, 1));
         assert_eq!(correct_topk(&logits, 3, &[0, 2], 2), (0, 1));
+        // All-zero logits (a zero feature under a cosine head): only class 0 is "predicted".
+        assert_eq!(correct_topk(&[0.0; 4], 4, &[0], 1), (1, 1));
+        assert_eq!(correct_topk(&[0.0; 4], 4, &[3], 1), (0, 0));
+        assert_eq!(correct_topk(&[0.0; 4], 4, &[3], 3), (0, 0));
+        // A NaN or infinite target is no hit; a NaN elsewhere outranks the target.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(correct_topk(&[bad, 0.0, -1.0], 3, &[0], 3), (0, 0), "{bad}");
+        }
+        assert_eq!(correct_topk(&[1.0, f32::NAN, 0.0], 3, &[0], 1), (0, 0));
+        assert_eq!(correct_topk(&[1.0, f32::NAN, 0.0], 3, &[0], 2), (0, 1));
     }
 
     #[test]

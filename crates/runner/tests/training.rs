@@ -53,6 +53,15 @@ fn every_loss_runs_and_writes_its_files() {
             }
             assert!(r.test_top5 >= r.test_top1);
             assert!(r.target_angle_deg > 0.0 && r.target_angle_deg < 180.0);
+            for v in [r.test_map_at_r, r.test_recall_at_1] {
+                assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{loss}: {v:?}");
+            }
+            assert_eq!(
+                (r.val_top1, r.val_loss),
+                (None, None),
+                "no validation split"
+            );
+            assert_eq!(r.backend, "flex");
         }
     }
     assert!(results.join("tiny/experiment.toml").exists());
@@ -108,19 +117,17 @@ fn resume_after_an_interruption_reproduces_the_uninterrupted_metrics() {
     let exp = tiny_experiment(dir.path(), &["sphereface"], &[1], 3, 0.05);
     let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
     run_experiment(&exp, &options(&full), &mut Progress::quiet()).expect("full run");
-    // Stop after 2 of 3 epochs, as a crash after epoch 2 would.
-    let mut two = options(&cut);
-    two.epochs = Some(2);
-    run_experiment(&exp, &two, &mut Progress::quiet()).expect("cut run");
+    run_experiment(&exp, &options(&cut), &mut Progress::quiet()).expect("cut run");
+    // Make it a run that crashed after writing epoch 3's metrics, before its checkpoint.
     let run = RunDir::new(&cut.join("tiny"), "sphereface", 1);
+    std::fs::remove_file(run.checkpoints().join("epoch-0003.ckpt")).expect("rm");
     let mut m = RunManifest::read(&run.manifest()).expect("manifest");
     m.status = RunStatus::Running;
-    m.epochs = 3;
+    m.epochs_completed = 2;
     m.write(&run.manifest()).expect("write");
-    // Without --resume an existing run is not overwritten.
-    let err = run_experiment(&exp, &options(&cut), &mut Progress::quiet()).expect("reports");
-    assert_eq!(err[0].status, RunStatus::Failed);
-    assert!(err[0].detail.contains("--resume"), "{}", err[0].detail);
+    // Without --resume an existing run is refused before anything is written.
+    let err = run_experiment(&exp, &options(&cut), &mut Progress::quiet()).expect_err("refused");
+    assert!(err.to_string().contains("--resume"), "{err}");
     let mut resume = options(&cut);
     resume.resume = true;
     let reports = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("resume");
@@ -137,6 +144,38 @@ fn resume_after_an_interruption_reproduces_the_uninterrupted_metrics() {
     // A completed run is skipped on the next --resume.
     let again = run_experiment(&exp, &resume, &mut Progress::quiet()).expect("again");
     assert_eq!(again[0].detail, "already completed");
+}
+
+#[test]
+fn a_validation_split_is_held_out_and_evaluated_every_epoch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = tiny_experiment(dir.path(), &["softmax"], &[0], 2, 0.05);
+    let text = std::fs::read_to_string(&exp).expect("read");
+    std::fs::write(
+        &exp,
+        text.replace("seed = 1 }", "seed = 1 }\nvalidation = 8"),
+    )
+    .expect("write");
+    let results = dir.path().join("results");
+    let reports = run_experiment(&exp, &options(&results), &mut Progress::quiet()).expect("run");
+    assert_eq!(
+        reports[0].status,
+        RunStatus::Completed,
+        "{}",
+        reports[0].detail
+    );
+    let rows = metrics(&results, "softmax", 0);
+    for r in &rows {
+        let top1 = r.val_top1.expect("validation top-1");
+        // 8 validation images: accuracy in eighths.
+        assert!((top1 * 8.0 - (top1 * 8.0).round()).abs() < 1e-9, "{top1}");
+        assert!(r.val_loss.is_some_and(f64::is_finite));
+    }
+    let m = RunManifest::read(&RunDir::new(&results.join("tiny"), "softmax", 0).manifest())
+        .expect("manifest");
+    assert_eq!(m.identity.expect("identity").values["data.validation"], "8");
+    // 48 training images less 8 held out, batch 16: 3 steps an epoch.
+    assert_eq!(rows[0].iteration, 3);
 }
 
 #[test]
