@@ -58,6 +58,10 @@ bench-pytorch *args="": build
     "$HOME/.cache/lossbench-torch-venv/bin/python" -c "import torch, torchvision" 2>/dev/null || "$HOME/.cache/lossbench-torch-venv/bin/pip" install torch torchvision
     {{lossbench}} bench --out bench/results.json --pytorch "$HOME/.cache/lossbench-torch-venv/bin/python" {{args}}
 
+# The Slurm exporter on a real one-node Slurm on this machine (root; installs slurm-wlm + munge)
+slurm-check: build
+    bash scripts/slurm-check.sh {{lossbench}}
+
 # Scaffold a new loss crate NAME (NormFace maths, registry line, test-kit test)
 new-loss name:
     python3 scripts/new_loss.py {{name}}

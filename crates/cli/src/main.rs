@@ -3,14 +3,20 @@
 
 mod probe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lossbench_data::{Kind, fetch, synth};
 use lossbench_experiment::RunStatus;
-use lossbench_runner::{BackendChoice, Progress, RunOptions, run_experiment};
+use lossbench_runner::export::{self, ExportOptions, K8sOptions, SlurmOptions};
+use lossbench_runner::{
+    BackendChoice, Progress, RunOptions, Selection, grid, grid_hash, plan_rows, plan_table,
+    run_experiment,
+};
 
 /// Tensors of hundreds of MiB are allocated and freed many times a step. glibc hands every
 /// block over 32 MiB (its largest mmap threshold) back to the kernel, so each new one costs
@@ -33,6 +39,9 @@ fn keep_freed_memory() {
     // ("no purging at all"), and the option is read only when mimalloc purges.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
+
+/// Exit code of a run stopped by SIGTERM / SIGUSR1 (EX_TEMPFAIL: try again).
+const INTERRUPTED: u8 = 75;
 
 /// Does this loss really beat softmax? Reproduce loss-comparison tables on CIFAR.
 #[derive(Debug, Parser)]
@@ -89,6 +98,35 @@ enum Command {
         /// only flex → flex is bit-exact).
         #[arg(long)]
         allow_backend_change: bool,
+        /// Run only this index of the grid (see `lossbench plan`); `auto` reads
+        /// SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX. Implies --resume.
+        #[arg(long, value_name = "N|auto", conflicts_with = "shard")]
+        index: Option<String>,
+        /// Run the runs whose index ≡ K (mod N), one after another. Implies --resume.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+        /// Refuse unless the experiment still has this grid (written by `lossbench export`).
+        #[arg(long, value_name = "HASH")]
+        expect_grid: Option<String>,
+    },
+    /// Print every run of an experiment's grid in its fixed order, with its status on disk.
+    Plan {
+        /// Experiment file (experiments/*.toml).
+        experiment: PathBuf,
+        /// Root folder of the results.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Override the number of epochs of every loss (as `run --epochs`).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Print JSON (one object per run) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the grid as a cluster job: a Slurm array or a Kubernetes Indexed Job.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
     },
     /// Measure loss heads, training steps and the data path; print a Markdown table.
     Bench {
@@ -126,6 +164,102 @@ enum Command {
         /// A results folder `results/<experiment>`.
         dir: PathBuf,
     },
+}
+
+/// Options shared by every exporter.
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// Experiment file; the jobs read it from this path (absolute; on shared storage).
+    experiment: PathBuf,
+    /// Root folder of the results as the jobs see it.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Where to write the job files (default: jobs/<experiment>-<target>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the report job writes the report (default: reports/<experiment>, absolute).
+    #[arg(long)]
+    report_out: Option<PathBuf>,
+    /// Runs at the same time (0: all).
+    #[arg(long, default_value_t = 0)]
+    parallel: usize,
+    /// GPUs per run (0 for a CPU job).
+    #[arg(long, default_value_t = 1)]
+    gpus_per_run: u32,
+    /// Backend of every run.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "wgpu", "flex", "ndarray"])]
+    backend: String,
+    /// Override the number of epochs of every loss in every run.
+    #[arg(long)]
+    epochs: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportTarget {
+    /// An sbatch array (one task per run, requeued on pre-emption), a report job after it, and
+    /// submit.sh.
+    Slurm {
+        #[command(flatten)]
+        common: ExportArgs,
+        /// Time limit of one task, HH:MM:SS.
+        #[arg(long)]
+        time: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        /// CPUs per task.
+        #[arg(long, default_value_t = 4)]
+        cpus_per_run: u32,
+        /// The lossbench binary on the cluster (default: this one).
+        #[arg(long)]
+        lossbench: Option<PathBuf>,
+    },
+    /// A Kubernetes Indexed Job (one pod per run) and a report Job, as JSON manifests.
+    K8s {
+        #[command(flatten)]
+        common: ExportArgs,
+        /// Container image with lossbench on its PATH.
+        #[arg(long)]
+        image: String,
+        /// PersistentVolumeClaim holding the data and the results.
+        #[arg(long, default_value = "lossbench")]
+        claim: String,
+        /// Where the claim is mounted in the pods.
+        #[arg(long, default_value = "/work")]
+        mount: String,
+        /// Retries of one index before it counts as failed.
+        #[arg(long, default_value_t = 3)]
+        backoff_limit_per_index: u32,
+    },
+}
+
+fn export_options(args: ExportArgs, target: &str) -> Result<ExportOptions> {
+    let absolute = |p: &Path| -> Result<PathBuf> {
+        Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(p)
+        })
+    };
+    let experiment = absolute(&args.experiment)?;
+    let name = lossbench_experiment::Experiment::load(&experiment)?.name;
+    Ok(ExportOptions {
+        experiment,
+        results: absolute(&args.results)?,
+        out: args
+            .out
+            .unwrap_or_else(|| PathBuf::from("jobs").join(format!("{name}-{target}"))),
+        report_out: absolute(
+            &args
+                .report_out
+                .unwrap_or_else(|| PathBuf::from("reports").join(&name)),
+        )?,
+        parallel: args.parallel,
+        gpus_per_run: args.gpus_per_run,
+        backend: args.backend,
+        epochs: args.epochs,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,7 +399,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             resume,
             fetch,
             allow_backend_change,
+            index,
+            shard,
+            expect_grid,
         } => {
+            let selection = match (&index, &shard) {
+                (Some(i), _) => Selection::index(i, |k| std::env::var(k).ok())?,
+                (None, Some(s)) => Selection::shard(s)?,
+                (None, None) => Selection::All,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+                signal_hook::flag::register(signal, Arc::clone(&stop))
+                    .context("cannot install the signal handler")?;
+            }
             let options = RunOptions {
                 losses,
                 seeds,
@@ -273,9 +420,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 epochs,
                 data_dir,
                 results,
-                resume,
+                // A cluster task reruns the same command after a requeue: it continues.
+                resume: resume || selection != Selection::All,
                 fetch,
                 allow_backend_change,
+                selection,
+                expect_grid,
+                stop,
             };
             let mut progress = Progress::auto();
             let reports = run_experiment(&experiment, &options, &mut progress)?;
@@ -294,6 +445,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     format!("{:?}", r.status).to_lowercase(),
                     r.detail
                 );
+            }
+            if reports.iter().any(|r| r.status == RunStatus::Interrupted) {
+                eprintln!(
+                    "interrupted by a signal: rerun the same command with --resume to continue"
+                );
+                return Ok(ExitCode::from(INTERRUPTED));
             }
             if reports.iter().any(|r| r.status == RunStatus::Failed) {
                 eprintln!(
@@ -338,6 +495,76 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let built = lossbench_report::build_from(&source, &results, out.as_deref())
                 .with_context(|| format!("cannot build the report of {}", source.display()))?;
             out!("{built}");
+        }
+        Command::Plan {
+            experiment,
+            results,
+            epochs,
+            json,
+        } => {
+            let exp = lossbench_experiment::Experiment::load(&experiment)?;
+            let runs = grid(&exp, &experiment, epochs)?;
+            let root = lossbench_experiment::experiment_dir(&results, &exp.name);
+            let rows = plan_rows(&runs, &root);
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                emit(&plan_table(&rows))?;
+                out!("grid {}: {} runs", grid_hash(&exp, &runs), rows.len());
+            }
+        }
+        Command::Export { target } => {
+            let (exported, name) = match target {
+                ExportTarget::Slurm {
+                    common,
+                    time,
+                    partition,
+                    account,
+                    cpus_per_run,
+                    lossbench,
+                } => {
+                    let options = export_options(common, "slurm")?;
+                    let lossbench = match lossbench {
+                        Some(p) => p,
+                        None => std::env::current_exe()?,
+                    };
+                    let slurm = SlurmOptions {
+                        time,
+                        partition,
+                        account,
+                        lossbench,
+                        cpus_per_run,
+                    };
+                    (export::slurm(&options, &slurm)?, "bash submit.sh")
+                }
+                ExportTarget::K8s {
+                    common,
+                    image,
+                    claim,
+                    mount,
+                    backoff_limit_per_index,
+                } => {
+                    let options = export_options(common, "k8s")?;
+                    let k8s = K8sOptions {
+                        image,
+                        claim,
+                        mount,
+                        backoff_limit_per_index,
+                    };
+                    (
+                        export::k8s(&options, &k8s)?,
+                        "kubectl apply -f job.json, then -f report-job.json once it completes",
+                    )
+                }
+            };
+            for f in &exported.files {
+                out!("wrote {}", f.display());
+            }
+            out!(
+                "{} runs (grid {}); submit with: {name}",
+                exported.runs,
+                exported.grid
+            );
         }
         Command::VerifyResults { dir } => {
             let verification = lossbench_runner::verify_results(&dir)?;

@@ -169,3 +169,50 @@ fn a_second_process_on_the_same_run_refuses() {
         "{stdout}"
     );
 }
+
+#[test]
+#[ignore = "slow: trains small runs in child processes"]
+fn sigterm_mid_epoch_interrupts_cleanly_and_resume_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path());
+    let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
+    assert!(run(&exp, &full, false).wait().expect("wait").success());
+    let reference = rows(&full);
+
+    let mut child = run(&exp, &cut, false);
+    let started = Instant::now();
+    while rows(&cut).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "run made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("reap");
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "interrupted runs exit with EX_TEMPFAIL"
+    );
+    let run_dir = RunDir::new(&cut.join("crash"), "cosface", 0);
+    let manifest = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    assert_eq!(manifest.status, RunStatus::Interrupted);
+    let partial = rows(&cut);
+    assert!((2..5).contains(&partial.len()), "{} epochs", partial.len());
+    assert_eq!(partial[..], reference[..partial.len()]);
+
+    assert!(run(&exp, &cut, true).wait().expect("wait").success());
+    assert_eq!(
+        rows(&cut),
+        reference,
+        "resumed run differs from the uninterrupted one"
+    );
+    let manifest = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    assert_eq!(manifest.status, RunStatus::Completed);
+}

@@ -16,6 +16,8 @@ pub enum RunStatus {
     Completed,
     Diverged,
     Failed,
+    /// Stopped by SIGTERM / SIGUSR1 (pre-emption) after a step; `--resume` continues it.
+    Interrupted,
 }
 
 /// The content of `run.json`.

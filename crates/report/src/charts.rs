@@ -200,8 +200,6 @@ pub struct DotChart {
     pub rows: Vec<Dot>,
     /// Draw a vertical reference line at this value (0 for differences).
     pub reference: Option<f64>,
-    pub value_legend: String,
-    pub marker_legend: String,
 }
 
 impl DotChart {
@@ -242,12 +240,13 @@ fn draw_dots<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &DotChart
         .caption(&chart.title, (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(170)
+        .y_label_area_size(190)
         .build_cartesian_2d(x0..x1, -0.6..(n as f64 - 0.4))
         .map_err(e)?;
     ctx.configure_mesh()
         .x_desc(&chart.x_label)
         .disable_y_mesh()
+        .max_light_lines(1)
         .y_labels(0)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
@@ -267,20 +266,28 @@ fn draw_dots<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &DotChart
     }
     let label_style =
         TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
-    let note_style = TextStyle::from((FONT, 13).into_font())
+    // Notes go under the loss name, in the label area, where they never cover data.
+    let note_style = TextStyle::from((FONT, 11).into_font())
         .color(&RGBColor(110, 110, 110))
-        .pos(Pos::new(HPos::Left, VPos::Center));
-    let mut value_labelled = false;
-    let mut marker_labelled = false;
+        .pos(Pos::new(HPos::Right, VPos::Top));
     for (i, row) in chart.rows.iter().enumerate() {
         let yi = y(i);
         let (px, py) = ctx.backend_coord(&(x0, yi));
+        let label_y = if row.note.is_empty() { py } else { py - 6 };
         area.draw(&Text::new(
             row.label.clone(),
-            (px - 8, py),
+            (px - 8, label_y),
             label_style.clone(),
         ))
         .map_err(e)?;
+        if !row.note.is_empty() {
+            area.draw(&Text::new(
+                row.note.clone(),
+                (px - 8, py + 4),
+                note_style.clone(),
+            ))
+            .map_err(e)?;
+        }
         let style = row.colour.stroke_width(2);
         if let Some((lo, hi)) = row.interval {
             ctx.draw_series([
@@ -291,52 +298,21 @@ fn draw_dots<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, chart: &DotChart
             .map_err(e)?;
         }
         if let Some(v) = row.value {
-            let series = ctx
-                .draw_series(std::iter::once(Circle::new(
-                    (v, yi),
-                    5,
-                    row.colour.filled(),
-                )))
-                .map_err(e)?;
-            if !value_labelled {
-                value_labelled = true;
-                series
-                    .label(&chart.value_legend)
-                    .legend(|(x, y)| Circle::new((x + 10, y), 5, RGBColor(60, 60, 60).filled()));
-            }
-            if !row.note.is_empty() {
-                ctx.draw_series(std::iter::once(Text::new(
-                    format!("  {}", row.note),
-                    (v, yi + 0.32),
-                    note_style.clone(),
-                )))
-                .map_err(e)?;
-            }
+            ctx.draw_series(std::iter::once(Circle::new(
+                (v, yi),
+                5,
+                row.colour.filled(),
+            )))
+            .map_err(e)?;
         }
         if let Some(m) = row.marker {
-            let series = ctx
-                .draw_series(std::iter::once(Cross::new(
-                    (m, yi),
-                    7,
-                    RGBColor(200, 0, 0).stroke_width(2),
-                )))
-                .map_err(e)?;
-            if !marker_labelled {
-                marker_labelled = true;
-                series.label(&chart.marker_legend).legend(|(x, y)| {
-                    Cross::new((x + 10, y), 6, RGBColor(200, 0, 0).stroke_width(2))
-                });
-            }
-        }
-    }
-    if value_labelled || marker_labelled {
-        ctx.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()
+            ctx.draw_series(std::iter::once(Cross::new(
+                (m, yi),
+                7,
+                RGBColor(200, 0, 0).stroke_width(2),
+            )))
             .map_err(e)?;
+        }
     }
     Ok(())
 }

@@ -102,8 +102,8 @@ fn status_cell(r: &LossSummary) -> String {
 fn table(rows: &[LossSummary]) -> String {
     let with_validation = rows.iter().any(|r| r.selected_top1.is_some());
     let mut t = String::from(
-        "<table id=\"summary\"><thead><tr><th>loss</th><th>claimed top-1 % (epochs)</th><th>epochs run</th>\
-         <th>runs</th><th>final test top-1 %</th><th>95 % CI of the mean</th><th>95 % prediction interval</th>",
+        "<div class=\"scroll\"><table id=\"summary\"><thead><tr><th>loss</th><th>claimed top-1 % (epochs)</th><th>epochs run</th>\
+         <th>runs</th><th>final test top-1 %</th><th>95 % CI of the mean<br>95 % prediction interval</th>",
     );
     if with_validation {
         t.push_str("<th>test top-1 % at the best validation epoch</th>");
@@ -123,14 +123,20 @@ fn table(rows: &[LossSummary]) -> String {
         );
         let _ = write!(
             t,
-            "<tr><td>{}</td><td>{claim}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td>",
+            "<tr><td>{}</td><td>{claim}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td>",
             escape(&r.loss),
             r.epochs,
             status_cell(r),
             mean_std(r.final_top1.as_ref()),
             diverged_flag(r),
-            interval(r.final_top1.as_ref(), |e| e.ci),
-            interval(r.final_top1.as_ref(), |e| e.pi),
+            match r.final_top1.as_ref() {
+                Some(e) if e.enough_for_interval() => format!(
+                    "CI {}<br>PI {}",
+                    interval(Some(e), |e| e.ci),
+                    interval(Some(e), |e| e.pi)
+                ),
+                other => interval(other, |e| e.ci),
+            },
         );
         if with_validation {
             let _ = write!(t, "<td>{}</td>", mean_std(r.selected_top1.as_ref()));
@@ -157,7 +163,7 @@ fn table(rows: &[LossSummary]) -> String {
             escape(&r.verdict),
         );
     }
-    t.push_str("</tbody></table>");
+    t.push_str("</tbody></table></div>");
     t
 }
 

@@ -97,7 +97,10 @@ fn line(
         .iter()
         .filter(|r| {
             r.dir.loss == loss
-                && matches!(r.manifest.status, RunStatus::Completed | RunStatus::Running)
+                && matches!(
+                    r.manifest.status,
+                    RunStatus::Completed | RunStatus::Running | RunStatus::Interrupted
+                )
         })
         .collect();
     let series = per_epoch(&chosen, metric);
@@ -129,13 +132,13 @@ fn forest(experiment: &Experiment, rows: &[LossSummary]) -> Option<Figure> {
             let d = r.delta_vs_softmax;
             let mut notes = Vec::new();
             if let Some(d) = d.filter(|d| !d.enough_for_interval()) {
-                notes.push(format!("n too small for a CI (n = {})", d.n));
+                notes.push(format!("n = {}: too few for a CI", d.n));
             }
             if let Some(label) = r.diverged_label() {
                 notes.push(label);
             }
             if r.confounded_vs_softmax {
-                notes.push("other epoch count: confounded".into());
+                notes.push("confounded: other epochs".into());
             }
             Dot {
                 label: r.loss.clone(),
@@ -156,8 +159,6 @@ fn forest(experiment: &Experiment, rows: &[LossSummary]) -> Option<Figure> {
             x_label: "Δ top-1 (percentage points)".into(),
             rows: dots,
             reference: Some(0.0),
-            value_legend: "measured mean Δ, 95 % CI".into(),
-            marker_legend: "claimed Δ".into(),
         })
     })
 }
@@ -175,7 +176,7 @@ fn claimed_vs_measured(rows: &[LossSummary]) -> Figure {
                 let f = r.final_top1;
                 let mut notes = Vec::new();
                 if let Some(f) = f.filter(|f| !f.enough_for_interval()) {
-                    notes.push(format!("n too small for an interval (n = {})", f.n));
+                    notes.push(format!("n = {}: too few for an interval", f.n));
                 }
                 if let Some(label) = r.diverged_label() {
                     notes.push(label);
@@ -193,8 +194,6 @@ fn claimed_vs_measured(rows: &[LossSummary]) -> Figure {
             })
             .collect(),
         reference: None,
-        value_legend: "measured mean, 95 % prediction interval".into(),
-        marker_legend: "claimed".into(),
     })
 }
 
@@ -218,8 +217,9 @@ fn figures(
             .filter_map(|(i, l)| line(runs, l, i, metric, l.clone(), false))
             .collect(),
         y_range: range,
+        // Accuracies rise from the lower left; losses and times fall or stay flat.
         legend: Some(if range.is_some() {
-            SeriesLabelPosition::LowerRight
+            SeriesLabelPosition::UpperLeft
         } else {
             SeriesLabelPosition::UpperRight
         }),

@@ -4,6 +4,9 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod export;
+pub mod grid;
+pub mod lock;
 pub mod plan;
 pub mod progress;
 pub mod retrieval;
@@ -13,6 +16,8 @@ pub mod train;
 pub mod verify;
 
 pub use backend::{Backend, BackendChoice, probe_wgpu};
-pub use plan::{RunLock, RunOptions, RunReport, format_duration, load_data, run_experiment};
+pub use grid::{GridRun, PlanRow, PlanStatus, Selection, grid, grid_hash, plan_rows, plan_table};
+pub use lock::RunLock;
+pub use plan::{RunOptions, RunReport, format_duration, load_data, run_experiment};
 pub use progress::Progress;
 pub use verify::{Verification, verify_results};

@@ -2,8 +2,9 @@
 //! own locked folder, one failure or divergence never stopping the others.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use lossbench_data::{ChannelStats, Kind, Split, fetch, load, split_validation, synth};
@@ -12,10 +13,10 @@ use lossbench_experiment::{
     claim_experiment_copy, describe, differences, experiment_dir, now_rfc3339, read_metrics,
     sha256_hex,
 };
-use lossbench_head::ResolvedParams;
-use lossbench_registry::resolve_params;
 
 use crate::backend::{Backend, BackendChoice};
+use crate::grid::{GridRun, Selection, grid, grid_hash};
+use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::train::{Data, Ending, RunSpec, start, train};
 
@@ -43,6 +44,12 @@ pub struct RunOptions {
     /// Let `--resume` continue a run on another backend than the one it was trained on
     /// (each epoch's backend is recorded in the metrics).
     pub allow_backend_change: bool,
+    /// All runs, one index of the grid, or a shard of it (cluster jobs).
+    pub selection: Selection,
+    /// The grid fingerprint an exported job was written for: refuse if the grid changed.
+    pub expect_grid: Option<String>,
+    /// Set by SIGTERM / SIGUSR1: the current run stops after its step, no further run starts.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The end state of each run.
@@ -52,49 +59,6 @@ pub struct RunReport {
     pub seed: u64,
     pub status: RunStatus,
     pub detail: String,
-}
-
-/// A run folder held by this process; the OS releases the lock if the process dies.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: File,
-}
-
-impl RunLock {
-    /// Lock `run` or explain who holds it.
-    pub fn acquire(run: &RunDir) -> Result<Self> {
-        std::fs::create_dir_all(&run.path)
-            .with_context(|| format!("cannot create {}", run.path.display()))?;
-        let path = run.lock();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {
-                file.set_len(0)?;
-                std::fs::write(
-                    &path,
-                    format!("pid {} since {}\n", std::process::id(), now_rfc3339()),
-                )?;
-                Ok(Self { _file: file })
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                bail!(
-                    "{} is in use by another lossbench process ({}); wait for it to finish or stop it",
-                    run.path.display(),
-                    holder.trim()
-                )
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
-    }
 }
 
 fn kind(name: DataSetName) -> Kind {
@@ -235,29 +199,17 @@ pub fn format_duration(seconds: f64) -> String {
     }
 }
 
-struct Planned {
-    loss: String,
-    params: ResolvedParams,
-    seed: u64,
-    epochs: u32,
-}
-
-impl Planned {
-    fn identity(&self, experiment: &Experiment, data: &Data) -> RunIdentity {
-        let params: BTreeMap<String, f64> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        RunIdentity::new(
-            experiment,
-            &self.loss,
-            &params,
-            self.seed,
-            self.epochs,
-            &data.fingerprint,
-        )
-    }
+fn identity(run: &GridRun, experiment: &Experiment, data: &Data) -> RunIdentity {
+    let params: BTreeMap<String, f64> =
+        run.params.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    RunIdentity::new(
+        experiment,
+        &run.loss,
+        &params,
+        run.seed,
+        run.epochs,
+        &data.fingerprint,
+    )
 }
 
 /// Check every selected run that already has files before anything is written: results are
@@ -265,7 +217,7 @@ impl Planned {
 /// unless a switch is allowed. The first problem is a one-line error.
 fn preflight(
     experiment: &Experiment,
-    planned: &[Planned],
+    planned: &[GridRun],
     root: &Path,
     data: &Data,
     backend: &Backend,
@@ -289,15 +241,15 @@ fn preflight(
                 format!("{:?}", recorded.status).to_lowercase()
             );
         }
-        let Some(identity) = &recorded.identity else {
+        let Some(recorded_identity) = &recorded.identity else {
             bail!(
                 "{} was written by an older lossbench that did not record the run's identity: it cannot be continued safely; move it away or use another --results",
                 run.path.display()
             );
         };
-        let wanted = p.identity(experiment, data);
-        if identity.hash != wanted.hash {
-            let diffs = differences(&identity.values, &wanted.values);
+        let wanted = identity(p, experiment, data);
+        if recorded_identity.hash != wanted.hash {
+            let diffs = differences(&recorded_identity.values, &wanted.values);
             bail!(
                 "{} was trained with another setup ({}); nothing was changed: to train this setup use another experiment name or --results (more epochs are a new run, since the schedule depends on them)",
                 run.path.display(),
@@ -325,7 +277,6 @@ pub fn run_experiment(
     progress: &mut Progress,
 ) -> Result<Vec<RunReport>> {
     let experiment = Experiment::load(path)?;
-    let mut planned = Vec::new();
     for wanted in &options.losses {
         if !experiment.losses.iter().any(|l| &l.name == wanted) {
             let names: Vec<_> = experiment.losses.iter().map(|l| l.name.as_str()).collect();
@@ -336,32 +287,32 @@ pub fn run_experiment(
             );
         }
     }
-    if options.epochs == Some(0) {
-        bail!("--epochs 0 is invalid: must be at least 1");
-    }
-    for entry in &experiment.losses {
-        let params = resolve_params(&entry.name, &entry.params)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if !options.losses.is_empty() && !options.losses.contains(&entry.name) {
-            continue;
-        }
-        let seeds = if options.seeds.is_empty() {
-            experiment.seeds.clone()
-        } else {
-            options.seeds.clone()
-        };
-        for seed in seeds {
-            let epochs = options
-                .epochs
-                .unwrap_or_else(|| experiment.epochs_for(&entry.name));
-            planned.push(Planned {
-                loss: entry.name.clone(),
-                params: params.clone(),
-                seed,
-                epochs,
-            });
+    for wanted in &options.seeds {
+        if !experiment.seeds.contains(wanted) {
+            bail!(
+                "--seed {wanted}: not in {} (it has seeds {:?}); add it to `seeds` to train it",
+                path.display(),
+                experiment.seeds
+            );
         }
     }
+    let full = grid(&experiment, path, options.epochs)?;
+    if let Some(expected) = &options.expect_grid {
+        let now = grid_hash(&experiment, &full);
+        if &now != expected {
+            bail!(
+                "{} no longer describes the grid this job was exported for (grid {now}, job {expected}): export and submit again",
+                path.display()
+            );
+        }
+    }
+    let grid_len = full.len();
+    let filtered: Vec<GridRun> = full
+        .into_iter()
+        .filter(|r| options.losses.is_empty() || options.losses.contains(&r.loss))
+        .filter(|r| options.seeds.is_empty() || options.seeds.contains(&r.seed))
+        .collect();
+    let planned = options.selection.choose(filtered, grid_len)?;
     let root = experiment_dir(&options.results, &experiment.name);
     // Fail on an unwritable results folder before any long work (an empty folder is all
     // this writes before the checks below).
@@ -412,6 +363,9 @@ pub fn run_experiment(
 
     let mut reports = Vec::new();
     for p in &planned {
+        if options.stop.load(Ordering::Relaxed) {
+            break;
+        }
         let run = RunDir::new(&root, &p.loss, p.seed);
         let label = format!("[{} seed {}]", p.loss, p.seed);
         let (status, detail) = match RunLock::acquire(&run) {
@@ -427,7 +381,7 @@ pub fn run_experiment(
                 &run,
                 &backend,
                 &data,
-                options.resume,
+                options,
                 &label,
                 progress,
             ) {
@@ -463,11 +417,11 @@ fn mark_failed(run: &RunDir, message: &str) {
 #[allow(clippy::too_many_arguments)]
 fn execute(
     experiment: &Experiment,
-    p: &Planned,
+    p: &GridRun,
     run: &RunDir,
     backend: &Backend,
     data: &Data,
-    resume: bool,
+    options: &RunOptions,
     label: &str,
     progress: &mut Progress,
 ) -> Result<(RunStatus, String)> {
@@ -504,9 +458,10 @@ fn execute(
         run_dir: run,
         device: &device,
         backend: backend.name,
+        stop: &options.stop,
         label: label.to_string(),
     };
-    let begin = start(&spec, data, resume, progress)?;
+    let begin = start(&spec, data, options.resume, progress)?;
     let mut manifest = RunManifest {
         experiment: experiment.name.clone(),
         loss: p.loss.clone(),
@@ -535,7 +490,7 @@ fn execute(
         updated_at: now_rfc3339(),
         finished_at: None,
         config: serde_json::to_value(experiment)?,
-        identity: Some(p.identity(experiment, data)),
+        identity: Some(identity(p, experiment, data)),
     };
     manifest.write(&run.manifest())?;
     let ending = train(&spec, data, begin, progress, |record| {
@@ -554,6 +509,14 @@ fn execute(
             manifest.status = RunStatus::Diverged;
             manifest.diverged_at_step = Some(step);
             (RunStatus::Diverged, format!("diverged at step {step}"))
+        }
+        Ending::Interrupted { step } => {
+            manifest.status = RunStatus::Interrupted;
+            manifest.finished_at = None;
+            (
+                RunStatus::Interrupted,
+                format!("interrupted after step {step}; --resume continues it"),
+            )
         }
     };
     manifest.write(&run.manifest())?;

@@ -1,5 +1,6 @@
 //! Training and evaluating one (loss, seed) run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -85,6 +86,8 @@ pub struct RunSpec<'a> {
     pub device: &'a Device,
     /// The backend's name, recorded with every epoch.
     pub backend: &'a str,
+    /// Set by a signal handler (pre-emption): stop after the current step.
+    pub stop: &'a AtomicBool,
     pub label: String,
 }
 
@@ -94,6 +97,11 @@ pub enum Ending {
     Completed,
     /// The loss of this 0-based step was NaN or infinite.
     Diverged {
+        step: u64,
+    },
+    /// Asked to stop (SIGTERM / SIGUSR1) after this many steps; the files on disk are those
+    /// of the last completed epoch, from which `--resume` continues exactly.
+    Interrupted {
         step: u64,
     },
 }
@@ -368,6 +376,13 @@ pub fn train(
                 correct as f64 / seen as f64,
                 seen as f64 / started.elapsed().as_secs_f64(),
             );
+            if spec.stop.load(Ordering::Relaxed) {
+                progress.line(&format!(
+                    "{}: stop requested; interrupted after step {iteration}, will resume from the checkpoint after epoch {epoch}",
+                    spec.label
+                ));
+                return Ok(Ending::Interrupted { step: iteration });
+            }
         }
         let train_seconds = started.elapsed().as_secs_f64();
         // Snapshots without autodiff, batch-norm statistics synced. Evaluation gets its own, so
