@@ -35,7 +35,7 @@ report experiment: build
 test:
     cargo test --locked --workspace
 
-# The slow tests: crash safety (SIGKILL + resume), wgpu parity and training end to end
+# The slow tests: crash safety (SIGKILL / SIGTERM + resume), wgpu parity and training end to end
 test-slow:
     cargo test --locked --workspace -- --ignored
 

@@ -426,7 +426,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 allow_backend_change,
                 selection,
                 expect_grid,
-                stop,
+                stop: Arc::clone(&stop),
             };
             let mut progress = Progress::auto();
             let reports = run_experiment(&experiment, &options, &mut progress)?;
@@ -446,7 +446,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.detail
                 );
             }
-            if reports.iter().any(|r| r.status == RunStatus::Interrupted) {
+            // A signal between two runs interrupts no run but still leaves the rest undone.
+            if stop.load(std::sync::atomic::Ordering::Relaxed)
+                || reports.iter().any(|r| r.status == RunStatus::Interrupted)
+            {
                 eprintln!(
                     "interrupted by a signal: rerun the same command with --resume to continue"
                 );

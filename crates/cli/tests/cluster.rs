@@ -82,6 +82,20 @@ fn trained(results: &Path) -> Vec<(String, u64)> {
     found
 }
 
+/// The grid fingerprint `lossbench plan` prints on its last line (`grid HASH: N runs`).
+fn plan_hash(exp: &Path, results: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["plan", s(exp), "--results", s(results)];
+    args.extend_from_slice(extra);
+    let out = lossbench(&args, &[]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("grid "))
+        .and_then(|l| l.split(':').next())
+        .expect("grid line")
+        .to_string()
+}
+
 #[test]
 fn plan_index_and_shard_address_the_same_runs() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -278,17 +292,7 @@ fn slurm_export_is_an_array_with_requeue_and_a_report_after_it() {
         "{submit}"
     );
     // The grid hash in the script is the one `plan` prints.
-    let plan = String::from_utf8_lossy(
-        &lossbench(&["plan", s(&exp), "--results", s(&results)], &[]).stdout,
-    )
-    .into_owned();
-    let hash = plan
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("grid "))
-        .and_then(|l| l.split(':').next())
-        .expect("grid line")
-        .to_string();
+    let hash = plan_hash(&exp, &results, &[]);
     assert!(array.contains(&format!("--expect-grid {hash}")), "{array}");
     // With --epochs the grid (and its hash) is that of `plan --epochs`.
     let short = dir.path().join("slurm-short");
@@ -307,20 +311,7 @@ fn slurm_export_is_an_array_with_requeue_and_a_report_after_it() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let plan = String::from_utf8_lossy(
-        &lossbench(
-            &["plan", s(&exp), "--results", s(&results), "--epochs", "3"],
-            &[],
-        )
-        .stdout,
-    )
-    .into_owned();
-    let short_hash = plan
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("grid "))
-        .and_then(|l| l.split(':').next())
-        .expect("grid line");
+    let short_hash = plan_hash(&exp, &results, &["--epochs", "3"]);
     assert_ne!(short_hash, hash);
     let array = std::fs::read_to_string(short.join("array.sbatch")).expect("array");
     assert!(

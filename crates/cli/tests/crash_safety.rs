@@ -206,6 +206,10 @@ fn sigterm_mid_epoch_interrupts_cleanly_and_resume_matches_an_uninterrupted_run(
     let partial = rows(&cut);
     assert!((2..5).contains(&partial.len()), "{} epochs", partial.len());
     assert_eq!(partial[..], reference[..partial.len()]);
+    let mid_epoch = run_dir
+        .checkpoints()
+        .join(format!("epoch-{:04}.partial.ckpt", partial.len()));
+    assert!(mid_epoch.exists(), "no checkpoint of the point of the stop");
 
     assert!(run(&exp, &cut, true).wait().expect("wait").success());
     assert_eq!(

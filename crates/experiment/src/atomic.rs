@@ -1,7 +1,17 @@
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+/// `.<name>.<pid>.tmp` in the folder of `path`: the same file system, so the rename is atomic.
+fn temporary_beside(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir.join(format!(".{name}.{}.tmp", std::process::id()))
+}
 
 /// Write `bytes` to `path` atomically: write a temporary file beside it, flush it to disk,
 /// then rename it over `path`. A crash leaves either the old file or the new one, never a
@@ -15,12 +25,7 @@ pub fn atomic_write_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = temporary_beside(path);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -43,12 +48,7 @@ pub fn atomic_write_all(files: &[(&Path, &[u8])]) -> Result<()> {
     let mut written = Vec::new();
     let result = (|| {
         for (path, bytes) in files {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let tmp = temporary_beside(path);
             written.push(tmp.clone());
             let mut file = std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -353,3 +353,48 @@ pub fn per_epoch(runs: &[&Run], metric: fn(&EpochRecord) -> f64) -> Vec<(f64, f6
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_use_the_prediction_interval_and_count_divergence() {
+        // 0.70, 0.72, 0.74: PI 0.72 ± 0.0994, CI 0.72 ± 0.0497.
+        let m = Estimate::of(&[0.70, 0.72, 0.74]).expect("values");
+        let v =
+            |claim: f64, diverged: usize| verdict(Some(claim), Some(&m), 3, 3 + diverged, diverged);
+        // Outside the CI of the mean but inside the prediction interval of one run.
+        assert_eq!(
+            v(0.78, 0),
+            "claim inside the measured 95 % prediction interval"
+        );
+        assert_eq!(
+            v(0.83, 0),
+            "claim above the measured 95 % prediction interval"
+        );
+        assert_eq!(
+            v(0.61, 0),
+            "claim below the measured 95 % prediction interval"
+        );
+        // A diverged seed: never "inside"; outside stays outside, with the count.
+        assert_eq!(
+            v(0.72, 1),
+            "not confirmed: 1/4 diverged (claim inside the survivors' 95 % prediction interval)"
+        );
+        assert_eq!(
+            v(0.83, 1),
+            "claim above the measured 95 % prediction interval; 1/4 diverged"
+        );
+        let two = Estimate::of(&[0.70, 0.74]).expect("two");
+        assert_eq!(
+            verdict(Some(0.9), Some(&two), 2, 2, 0),
+            "n too small for a verdict (n = 2); claim above the measured mean"
+        );
+        assert_eq!(verdict(None, Some(&m), 3, 3, 0), "no claim");
+        assert_eq!(
+            verdict(Some(0.9), None, 0, 2, 2),
+            "no completed run to compare"
+        );
+    }
+}

@@ -27,6 +27,24 @@ struct Meta {
     model_shapes: Vec<Vec<usize>>,
     /// Element count of each momentum buffer (`None`: no buffer).
     momentum_sizes: Vec<Option<usize>>,
+    /// Set in a checkpoint written in the middle of epoch `epoch + 1` (pre-emption).
+    #[serde(default)]
+    partial: Option<PartialEpoch>,
+}
+
+/// Where a run stood inside an epoch when it was stopped: enough to continue with the next
+/// batch and finish the epoch's metrics exactly as without the stop.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Batches of the epoch already trained.
+    pub batches_done: usize,
+    /// Sums of the epoch's training loss (per image), correct predictions and images.
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    pub lr: f64,
+    /// Training time spent on the epoch before the stop.
+    pub train_seconds: f64,
 }
 
 /// What a checkpoint restores.
@@ -38,6 +56,8 @@ pub struct Restored<M> {
     pub epoch: u32,
     /// Optimiser steps done.
     pub iteration: u64,
+    /// Set when the checkpoint was written in the middle of epoch `epoch + 1`.
+    pub partial: Option<PartialEpoch>,
     pub path: PathBuf,
 }
 
@@ -115,12 +135,28 @@ fn restore<M: Module>(module: M, tensors: Tensors) -> Result<M> {
     Ok(module)
 }
 
-fn file_name(epoch: u32) -> String {
-    format!("epoch-{epoch:04}.ckpt")
+/// Orders checkpoints: after `epoch` completed epochs, and whether inside the next one
+/// (a partial checkpoint is newer than the full one of the same epoch).
+type Key = (u32, bool);
+
+fn file_name((epoch, partial): Key) -> String {
+    if partial {
+        format!("epoch-{epoch:04}.partial.ckpt")
+    } else {
+        format!("epoch-{epoch:04}.ckpt")
+    }
+}
+
+fn parse_name(name: &str) -> Option<Key> {
+    let stem = name.strip_prefix("epoch-")?.strip_suffix(".ckpt")?;
+    match stem.strip_suffix(".partial") {
+        Some(epoch) => Some((epoch.parse().ok()?, true)),
+        None => Some((stem.parse().ok()?, false)),
+    }
 }
 
 /// Checkpoints in `dir`, newest first.
-fn list(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+fn list(dir: &Path) -> Result<Vec<(Key, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -129,26 +165,24 @@ fn list(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     };
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(epoch) = name
-            .strip_prefix("epoch-")
-            .and_then(|s| s.strip_suffix(".ckpt"))
-            .and_then(|s| s.parse().ok())
-        {
-            found.push((epoch, dir.join(name)));
+        if let Some(key) = parse_name(&name) {
+            found.push((key, dir.join(name)));
         }
     }
     found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     Ok(found)
 }
 
-/// Save a checkpoint after `epoch` completed epochs; `synced` is the model after `valid()`
-/// (so batch-norm statistics are current). Older checkpoints beyond [`KEEP`] are removed.
+/// Save a checkpoint after `epoch` completed epochs (and `partial` progress into the next);
+/// `synced` is the model after `valid()` (so batch-norm statistics are current). Older
+/// checkpoints beyond [`KEEP`] are removed.
 pub fn save<M: Module>(
     dir: &Path,
     epoch: u32,
     iteration: u64,
     synced: &M,
     sgd: &SgdState,
+    partial: Option<PartialEpoch>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tensors = capture(synced);
@@ -159,6 +193,7 @@ pub fn save<M: Module>(
         iteration,
         model_shapes: tensors.iter().map(|(s, _)| s.clone()).collect(),
         momentum_sizes: momentum.iter().map(|b| b.as_ref().map(Vec::len)).collect(),
+        partial,
     };
     let json = serde_json::to_vec(&meta)?;
     let mut bytes = Vec::with_capacity(
@@ -178,7 +213,7 @@ pub fn save<M: Module>(
     }
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let path = dir.join(file_name(epoch));
+    let path = dir.join(file_name((epoch, partial.is_some())));
     atomic_write(&path, &bytes)?;
     for (_, old) in list(dir)?.into_iter().skip(KEEP) {
         let _ = std::fs::remove_file(old);
@@ -239,9 +274,9 @@ pub fn verify(path: &Path) -> Result<u32> {
     Ok(parse(&bytes)?.0.epoch)
 }
 
-/// Every checkpoint file of a run folder, newest first.
+/// Every checkpoint file of a run folder with its epoch, newest first.
 pub fn files(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
-    list(dir)
+    Ok(list(dir)?.into_iter().map(|((e, _), p)| (e, p)).collect())
 }
 
 fn read(path: &Path, device: &Device) -> Result<(Meta, Tensors, SgdState)> {
@@ -290,6 +325,7 @@ pub fn load_latest<M: Module>(
                     sgd,
                     epoch: meta.epoch,
                     iteration: meta.iteration,
+                    partial: meta.partial,
                     path,
                 }));
             }
@@ -302,10 +338,11 @@ pub fn load_latest<M: Module>(
     Ok(None)
 }
 
-/// Remove checkpoints newer than `epoch` (they belong to epochs whose metrics were lost).
-pub fn remove_after(dir: &Path, epoch: u32) -> Result<()> {
-    for (e, path) in list(dir)? {
-        if e > epoch {
+/// Remove checkpoints newer than the one restored (`epoch`, `partial`): they belong to
+/// epochs whose metrics were lost, or could not be read.
+pub fn remove_after(dir: &Path, epoch: u32, partial: bool) -> Result<()> {
+    for (key, path) in list(dir)? {
+        if key > (epoch, partial) {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }

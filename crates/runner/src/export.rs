@@ -168,10 +168,9 @@ pub fn slurm(options: &ExportOptions, slurm: &SlurmOptions) -> Result<Exported> 
     let array = format!(
         "{header}
 # Slurm sends USR1 two minutes before the time limit (TERM on pre-emption); this script
-# passes it on as TERM: lossbench finishes its current step, marks the run interrupted and
-# exits 75, and the task is requeued. `--resume` then continues from the checkpoint of the
-# last completed epoch (the partial epoch is trained again, identically). A finished run is
-# skipped.
+# passes it on as TERM: lossbench finishes its current step, checkpoints that exact point,
+# marks the run interrupted and exits 75, and the task is requeued. `--resume` then continues
+# from that checkpoint. A finished run is skipped.
 set -uo pipefail
 {command} &
 child=$!

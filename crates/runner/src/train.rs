@@ -11,7 +11,7 @@ use lossbench_head::{HeadDims, Labels, ResolvedParams};
 use lossbench_model::{Arch, ResNet, ResNetConfig};
 use lossbench_registry::{AnyHead, init_head};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, PartialEpoch};
 use crate::progress::Progress;
 use crate::retrieval::{Retrieval, l2_normalise, retrieval};
 use crate::schedule::LrSchedule;
@@ -99,8 +99,8 @@ pub enum Ending {
     Diverged {
         step: u64,
     },
-    /// Asked to stop (SIGTERM / SIGUSR1) after this many steps; the files on disk are those
-    /// of the last completed epoch, from which `--resume` continues exactly.
+    /// Asked to stop (SIGTERM / SIGUSR1) after this many steps; a checkpoint of that exact
+    /// point (mid-epoch) is on disk, from which `--resume` continues exactly.
     Interrupted {
         step: u64,
     },
@@ -114,6 +114,8 @@ pub struct Start {
     pub epoch: u32,
     pub iteration: u64,
     pub records: Vec<EpochRecord>,
+    /// Progress into epoch `epoch + 1` when resuming from a mid-epoch checkpoint.
+    pub partial: Option<PartialEpoch>,
 }
 
 /// The initial state of a run, resumed from its newest usable checkpoint if `resume`.
@@ -140,9 +142,12 @@ pub fn start(spec: &RunSpec<'_>, data: &Data, resume: bool, progress: &Progress)
                 records.len(),
                 r.epoch
             );
-            checkpoint::remove_after(&dir, r.epoch)?;
+            checkpoint::remove_after(&dir, r.epoch, r.partial.is_some())?;
+            let within = r.partial.map_or_else(String::new, |p| {
+                format!(" and {} batches of the next", p.batches_done)
+            });
             progress.line(&format!(
-                "{}: resuming after epoch {} from {}",
+                "{}: resuming after epoch {}{within} from {}",
                 spec.label,
                 r.epoch,
                 r.path.display()
@@ -153,6 +158,7 @@ pub fn start(spec: &RunSpec<'_>, data: &Data, resume: bool, progress: &Progress)
                 epoch: r.epoch,
                 iteration: r.iteration,
                 records,
+                partial: r.partial,
             });
         }
     }
@@ -162,6 +168,7 @@ pub fn start(spec: &RunSpec<'_>, data: &Data, resume: bool, progress: &Progress)
         epoch: 0,
         iteration: 0,
         records: Vec::new(),
+        partial: None,
     })
 }
 
@@ -317,6 +324,7 @@ pub fn train(
         epoch: first,
         mut iteration,
         mut records,
+        mut partial,
     } = start;
 
     for epoch in first..spec.epochs {
@@ -329,9 +337,16 @@ pub fn train(
             u64::from(epoch),
         );
         progress.start_epoch(&spec.label, epoch + 1, spec.epochs, batcher.len());
-        let (mut loss_sum, mut correct, mut seen, mut lr) = (0.0, 0usize, 0usize, 0.0);
-        let mut next = Some(batcher.batch(0));
-        for b in 0..batcher.len() {
+        // A run stopped mid-epoch continues with the next batch and the epoch's sums so far.
+        let resumed = partial.take();
+        let first_batch = resumed.map_or(0, |p| p.batches_done);
+        let earlier_seconds = resumed.map_or(0.0, |p| p.train_seconds);
+        let (mut loss_sum, mut correct, mut seen, mut lr) = resumed
+            .map_or((0.0, 0usize, 0usize, 0.0), |p| {
+                (p.loss_sum, p.correct, p.seen, p.lr)
+            });
+        let mut next = (first_batch < batcher.len()).then(|| batcher.batch(first_batch));
+        for b in first_batch..batcher.len() {
             let batch = next.take().context("batch prefetch")?;
             // Build the next batch on another thread while this step runs. The step itself
             // stays on this thread: burn keeps batch-norm running statistics per thread.
@@ -377,14 +392,33 @@ pub fn train(
                 seen as f64 / started.elapsed().as_secs_f64(),
             );
             if spec.stop.load(Ordering::Relaxed) {
+                let at = PartialEpoch {
+                    batches_done: b + 1,
+                    loss_sum,
+                    correct,
+                    seen,
+                    lr,
+                    train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                };
+                checkpoint::save(
+                    &spec.run_dir.checkpoints(),
+                    epoch,
+                    iteration,
+                    &net.valid(),
+                    &sgd,
+                    Some(at),
+                )?;
                 progress.line(&format!(
-                    "{}: stop requested; interrupted after step {iteration}, will resume from the checkpoint after epoch {epoch}",
-                    spec.label
+                    "{}: stop requested; checkpointed after step {iteration} ({} of {} batches of epoch {})",
+                    spec.label,
+                    b + 1,
+                    batcher.len(),
+                    epoch + 1
                 ));
                 return Ok(Ending::Interrupted { step: iteration });
             }
         }
-        let train_seconds = started.elapsed().as_secs_f64();
+        let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
         // Snapshots without autodiff, batch-norm statistics synced. Evaluation gets its own, so
         // a head with state (an adaptive scale) cannot carry test batches into the checkpoint.
         let snapshot = net.valid();
@@ -431,7 +465,7 @@ pub fn train(
             test_map_at_r: eval.retrieval.map(|r| r.map_at_r),
             target_angle_deg: eval.target_angle,
             nearest_other_angle_deg: eval.nearest_angle,
-            epoch_seconds: started.elapsed().as_secs_f64(),
+            epoch_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_seconds.max(1e-9),
             backend: spec.backend.to_string(),
         };
@@ -445,6 +479,7 @@ pub fn train(
             iteration,
             &snapshot,
             &sgd,
+            None,
         ) {
             // A full disk or an I/O error: take this epoch's row back so the files on disk
             // stay one consistent epoch (if that fails too, resume trims the row anyway).
