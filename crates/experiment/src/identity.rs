@@ -185,9 +185,10 @@ pub enum CopyOutcome {
     Extended,
 }
 
-/// The parts of an experiment every run shares, plus each loss's own settings; what may not
-/// change under existing results.
-fn shared_settings(e: &Experiment) -> BTreeMap<String, String> {
+/// The settings every run of an experiment shares (data, model, recipe), flattened, without
+/// the data folder (the same files may live elsewhere on another node).
+#[must_use]
+pub fn shared_settings(e: &Experiment) -> BTreeMap<String, String> {
     let mut keys = flatten(&serde_json::json!({
         "data": e.data,
         "model": e.model,

@@ -17,7 +17,7 @@ pub use config::{
 };
 pub use identity::{
     CopyOutcome, Difference, RunIdentity, claim_experiment_copy, describe, differences, flatten,
-    sha256_hex,
+    sha256_hex, shared_settings,
 };
 pub use layout::{EXPERIMENT_COPY, RunDir, discover_runs, experiment_dir};
 pub use manifest::{RunManifest, RunStatus, now_rfc3339};

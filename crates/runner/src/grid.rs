@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use lossbench_experiment::{
-    Experiment, RunDir, RunManifest, RunStatus, flatten, read_metrics, sha256_hex,
+    Experiment, RunDir, RunManifest, RunStatus, read_metrics, sha256_hex, shared_settings,
 };
 use lossbench_head::ResolvedParams;
 use lossbench_registry::resolve_params;
@@ -53,13 +53,10 @@ pub fn grid(experiment: &Experiment, path: &Path, epochs: Option<u32>) -> Result
 /// experiment file changed refuses instead of running another grid's run under an index.
 #[must_use]
 pub fn grid_hash(experiment: &Experiment, runs: &[GridRun]) -> String {
-    let mut shared = flatten(&serde_json::json!({
-        "data": experiment.data,
-        "model": experiment.model,
-        "training": experiment.training,
-    }));
-    shared.remove("data.dir");
-    let mut text: String = shared.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let mut text: String = shared_settings(experiment)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
     for r in runs {
         let params: BTreeMap<&str, String> = r
             .params
