@@ -28,7 +28,11 @@ stop() {
   pkill -x slurmctld >/dev/null 2>&1 || true
   pkill -x munged >/dev/null 2>&1 || true
   for _ in $(seq 1 20); do
-    pgrep -x 'slurmctld|slurmd|slurmstepd|slurmscriptd|munged' >/dev/null || break
+    running=0
+    for d in slurmctld slurmd slurmstepd slurmscriptd munged; do
+      pgrep -x "$d" >/dev/null && running=1
+    done
+    [ "$running" = 0 ] && break
     sleep 0.5
   done
   if [ -n "$backup" ]; then cp "$backup" "$conf"; else rm -f "$conf"; fi
