@@ -62,6 +62,14 @@ bench-pytorch *args="": build
 slurm-check: build
     bash scripts/slurm-check.sh {{lossbench}}
 
+# A stripped release binary with CUDA for a GPU machine without Rust (scripts/gpu-check.sh
+# runs it). Needs github.com: burn's CUDA backend downloads LLVM while it builds.
+gpu-binary:
+    cargo build --locked --profile gpu -p lossbench-cli --features cuda
+    mkdir -p gpu-bin
+    cp "{{CARGO_TARGET_DIR}}/gpu/lossbench" gpu-bin/lossbench
+    ls -la gpu-bin/lossbench
+
 # Scaffold a new loss crate NAME (NormFace maths, registry line, test-kit test)
 new-loss name:
     python3 scripts/new_loss.py {{name}}

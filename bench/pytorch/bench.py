@@ -89,24 +89,28 @@ def cifar_resnet(arch):
     return model
 
 
-def train_steps(quick, out):
+def train_steps(quick, out, device):
     configs = [("resnet18", 64)] if quick else [("resnet18", 64), ("resnet18", 128), ("resnet50", 64), ("resnet50", 128)]
+    gpu = device != "cpu"
     for arch, batch in configs:
-        model = cifar_resnet(arch).train()
+        model = cifar_resnet(arch).train().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(batch, 3, 32, 32)
-        y = torch.arange(batch) % 100
+        x = torch.randn(batch, 3, 32, 32).to(device)
+        y = (torch.arange(batch) % 100).to(device)
 
         def step():
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
+            if gpu:
+                torch.cuda.synchronize()
 
-        seconds, repeats = timed(step, 1, 2 if quick else 3)
+        # On a GPU: more warm-up (cuDNN picks algorithms, the allocator fills) and more repeats.
+        seconds, repeats = timed(step, 5 if gpu else 1, 20 if gpu else (2 if quick else 3))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out.append(dict(group="train_step", name=arch, shape=f"batch {batch}", backend="pytorch",
+        out.append(dict(group="train_step", name=arch, shape=f"batch {batch}", backend=f"pytorch {device}",
                         median_seconds=seconds, repeats=repeats, per_second=batch / seconds, peak_rss_mib=peak))
-        print(f"pytorch train step {arch} batch {batch}: {batch / seconds:.1f} img/s", flush=True)
+        print(f"pytorch ({device}) train step {arch} batch {batch}: {batch / seconds:.1f} img/s", flush=True)
 
 
 def convolutions(quick, out):
@@ -167,6 +171,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu",
+                   help="where the training steps run: cpu, or cuda (eager fp32 with PyTorch's defaults)")
     p.add_argument("--only", default="data,head,train_step,conv",
                    help="comma-separated groups: data, head, train_step, conv")
     a = p.parse_args()
@@ -178,7 +184,7 @@ def main():
     if "head" in only:
         heads(a.quick, out)
     if "train_step" in only:
-        train_steps(a.quick, out)
+        train_steps(a.quick, out, a.device)
     if "conv" in only:
         convolutions(a.quick, out)
     with open(a.out, "w") as f:

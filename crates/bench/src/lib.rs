@@ -28,6 +28,8 @@ pub struct Options {
     pub quick: bool,
     /// Python interpreter with torch, to run `bench/pytorch/bench.py` in the same run.
     pub pytorch: Option<PathBuf>,
+    /// Where PyTorch's training steps run: `cpu` or `cuda`.
+    pub pytorch_device: String,
     /// Measure only these groups (`data`, `head`, `train_step`, `conv`); empty = all.
     pub only: Vec<String>,
 }
@@ -200,7 +202,7 @@ fn train_steps(
         ]
     };
     for choice in backends {
-        let backend = choice.resolve()?;
+        let backend = choice.resolve(0, lossbench_runner::Precision::F32)?;
         let device = backend.device.clone().autodiff();
         for &(arch, batch) in configs {
             let config = ResNetConfig::new(arch);
@@ -211,6 +213,7 @@ fn train_steps(
             let params = resolve_params("softmax", &serde_json::Map::new())?;
             let mut net = Net {
                 backbone: config.init(0, &device)?,
+                neck: None,
                 head: init_head("softmax", &params, dims, 0, &device)?,
             };
             let images: Vec<f32> =
@@ -225,12 +228,19 @@ fn train_steps(
                 nesterov: false,
             };
             reset_peak_rss();
-            let (seconds, repeats) = time(1, if quick { 2 } else { 3 }, || {
+            // A GPU tunes its kernels during the first steps (autotune) and runs ahead of the
+            // host: more warm-up, more repeats, and a sync inside every timed step.
+            let (warmup, repeats) = match (backend.deterministic, quick) {
+                (false, _) => (5, 20),
+                (true, true) => (1, 2),
+                (true, false) => (1, 3),
+            };
+            let (seconds, repeats) = time(warmup, repeats, || {
                 let x = Tensor::<4>::from_data(
                     TensorData::new(images.clone(), [batch, 3, 32, 32]),
                     &device,
                 );
-                let loss = net.head.loss(net.backbone.forward_features(x), &labels, 0);
+                let loss = net.head.loss(net.features(x), &labels, 0);
                 let grads = loss.backward();
                 net = sgd.step(net.clone(), &grads, 0.1, sgd_config);
                 let _ = backend.device.sync();
@@ -369,14 +379,16 @@ fn rayon_threads() -> usize {
 }
 
 /// Run the PyTorch side (`bench/pytorch/bench.py`) with `python`.
-fn pytorch(python: &Path, quick: bool, only: &[String]) -> Result<Vec<Measurement>> {
+fn pytorch(python: &Path, device: &str, quick: bool, only: &[String]) -> Result<Vec<Measurement>> {
     let out = std::env::temp_dir().join(format!("lossbench-pytorch-{}.json", std::process::id()));
     let mut cmd = std::process::Command::new(python);
     cmd.arg("bench/pytorch/bench.py")
         .arg("--out")
         .arg(&out)
         .arg("--threads")
-        .arg(rayon_threads().to_string());
+        .arg(rayon_threads().to_string())
+        .arg("--device")
+        .arg(device);
     if quick {
         cmd.arg("--quick");
     }
@@ -417,7 +429,12 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
         convolutions(options.quick, &mut lossbench, log)?;
     }
     let pytorch = match &options.pytorch {
-        Some(python) => pytorch(python, options.quick, &options.only)?,
+        Some(python) => pytorch(
+            python,
+            &options.pytorch_device,
+            options.quick,
+            &options.only,
+        )?,
         None => Vec::new(),
     };
     Ok(Report {

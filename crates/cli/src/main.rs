@@ -1,22 +1,22 @@
 //! `lossbench`: train identical CIFAR ResNets under different classification losses and
 //! compare them honestly. Run `lossbench --help` for the commands.
 
+mod multi_device;
 mod probe;
+mod train_commands;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lossbench_data::{Kind, fetch, synth};
-use lossbench_experiment::RunStatus;
 use lossbench_runner::export::{self, ExportOptions, K8sOptions, SlurmOptions};
 use lossbench_runner::{
-    BackendChoice, Progress, RunOptions, Selection, grid, grid_hash, plan_rows, plan_table,
-    run_experiment,
+    BACKEND_NAMES, BackendChoice, GridKind, Unavailable, experiment_grid, grid_hash, plan_rows,
+    plan_table,
 };
+use train_commands::RunArgs;
 
 /// Tensors of hundreds of MiB are allocated and freed many times a step. glibc hands every
 /// block over 32 MiB (its largest mmap threshold) back to the kernel, so each new one costs
@@ -41,7 +41,7 @@ fn keep_freed_memory() {
 }
 
 /// Exit code of a run stopped by SIGTERM / SIGUSR1 (EX_TEMPFAIL: try again).
-const INTERRUPTED: u8 = 75;
+pub(crate) const INTERRUPTED: u8 = 75;
 
 /// Does this loss really beat softmax? Reproduce loss-comparison tables on CIFAR.
 #[derive(Debug, Parser)]
@@ -67,48 +67,18 @@ enum Command {
         command: DataCommand,
     },
     /// Train every (loss, seed) of an experiment.
-    Run {
-        /// Experiment file (experiments/*.toml).
-        experiment: PathBuf,
-        /// Only this loss (repeatable).
-        #[arg(long = "loss", value_name = "NAME")]
-        losses: Vec<String>,
-        /// Only this seed (repeatable).
-        #[arg(long = "seed", value_name = "N")]
-        seeds: Vec<u64>,
-        /// auto picks a real GPU through wgpu when there is one, else flex.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "wgpu", "flex", "ndarray"])]
-        backend: String,
-        /// Override the number of epochs of every loss.
+    Run(RunArgs),
+    /// Train every point of every loss's sweep on the validation split, then record each
+    /// loss's best point in results/<experiment>/sweep.json (what `run` trains at).
+    Sweep {
+        #[command(flatten)]
+        args: RunArgs,
+        /// Only record the choice from the finished sweep runs; train nothing.
         #[arg(long)]
-        epochs: Option<u32>,
-        /// Override the data folder of the experiment.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Root folder of the results.
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        /// Continue interrupted runs from their last checkpoint and skip finished ones.
-        #[arg(long)]
-        resume: bool,
-        /// Download the data set first if it is missing (official CIFAR only).
-        #[arg(long)]
-        fetch: bool,
-        /// With --resume, continue runs trained on another backend (recorded per epoch;
-        /// only flex → flex is bit-exact).
-        #[arg(long)]
-        allow_backend_change: bool,
-        /// Run only this index of the grid (see `lossbench plan`); `auto` reads
-        /// SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX. Implies --resume.
-        #[arg(long, value_name = "N|auto", conflicts_with = "shard")]
-        index: Option<String>,
-        /// Run the runs whose index ≡ K (mod N), one after another. Implies --resume.
-        #[arg(long, value_name = "K/N")]
-        shard: Option<String>,
-        /// Refuse unless the experiment still has this grid (written by `lossbench export`).
-        #[arg(long, value_name = "HASH")]
-        expect_grid: Option<String>,
+        choose: bool,
     },
+    /// List the devices of every backend (CUDA, wgpu, CPU), and why a backend has none.
+    Devices,
     /// Print every run of an experiment's grid in its fixed order, with its status on disk.
     Plan {
         /// Experiment file (experiments/*.toml).
@@ -122,6 +92,9 @@ enum Command {
         /// Print JSON (one object per run) instead of a table.
         #[arg(long)]
         json: bool,
+        /// The sweep runs (`lossbench sweep`) instead of the experiment's.
+        #[arg(long)]
+        sweep: bool,
     },
     /// Write the grid as a cluster job: a Slurm array or a Kubernetes Indexed Job.
     Export {
@@ -143,6 +116,9 @@ enum Command {
         /// Python with torch: also run bench/pytorch/bench.py and report the ratios.
         #[arg(long)]
         pytorch: Option<PathBuf>,
+        /// Where PyTorch's training steps run (cuda: eager fp32 on GPU 0).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        pytorch_device: String,
         /// Only these groups, comma-separated: data, head, train_step (default: all).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -187,11 +163,15 @@ struct ExportArgs {
     #[arg(long, default_value_t = 1)]
     gpus_per_run: u32,
     /// Backend of every run.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "wgpu", "flex", "ndarray"])]
+    #[arg(long, default_value = "auto", value_parser = BACKEND_NAMES)]
     backend: String,
     /// Override the number of epochs of every loss in every run.
     #[arg(long)]
     epochs: Option<u32>,
+    /// Export the sweep runs (`lossbench sweep --index auto`) and a job recording the choice,
+    /// instead of the experiment's runs and its report.
+    #[arg(long)]
+    sweep: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +239,11 @@ fn export_options(args: ExportArgs, target: &str) -> Result<ExportOptions> {
         gpus_per_run: args.gpus_per_run,
         backend: args.backend,
         epochs: args.epochs,
+        kind: if args.sweep {
+            GridKind::Sweep
+        } else {
+            GridKind::Main
+        },
     })
 }
 
@@ -295,7 +280,7 @@ enum DataCommand {
 }
 
 /// Print to stdout; a reader that went away (`lossbench losses | head`) is not an error.
-fn emit(text: &str) -> Result<()> {
+pub(crate) fn emit(text: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -388,85 +373,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 emit(&summary.to_string())?;
             }
         },
-        Command::Run {
-            experiment,
-            losses,
-            seeds,
-            backend,
-            epochs,
-            data_dir,
-            results,
-            resume,
-            fetch,
-            allow_backend_change,
-            index,
-            shard,
-            expect_grid,
-        } => {
-            let selection = match (&index, &shard) {
-                (Some(i), _) => Selection::index(i, |k| std::env::var(k).ok())?,
-                (None, Some(s)) => Selection::shard(s)?,
-                (None, None) => Selection::All,
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-                signal_hook::flag::register(signal, Arc::clone(&stop))
-                    .context("cannot install the signal handler")?;
-            }
-            let options = RunOptions {
-                losses,
-                seeds,
-                backend: backend.parse::<BackendChoice>()?,
-                epochs,
-                data_dir,
-                results,
-                // A cluster task reruns the same command after a requeue: it continues.
-                resume: resume || selection != Selection::All,
-                fetch,
-                allow_backend_change,
-                selection,
-                expect_grid,
-                stop: Arc::clone(&stop),
-            };
-            let mut progress = Progress::auto();
-            let reports = run_experiment(&experiment, &options, &mut progress)?;
-            let width = reports
-                .iter()
-                .map(|r| r.loss.len())
-                .max()
-                .unwrap_or(4)
-                .max(4);
-            out!("{:<width$} {:>6}  {:<10} detail", "loss", "seed", "status");
-            for r in &reports {
-                out!(
-                    "{:<width$} {:>6}  {:<10} {}",
-                    r.loss,
-                    r.seed,
-                    format!("{:?}", r.status).to_lowercase(),
-                    r.detail
-                );
-            }
-            // A signal between two runs interrupts no run but still leaves the rest undone.
-            if stop.load(std::sync::atomic::Ordering::Relaxed)
-                || reports.iter().any(|r| r.status == RunStatus::Interrupted)
-            {
-                eprintln!(
-                    "interrupted by a signal: rerun the same command with --resume to continue"
-                );
-                return Ok(ExitCode::from(INTERRUPTED));
-            }
-            if reports.iter().any(|r| r.status == RunStatus::Failed) {
-                eprintln!(
-                    "error: some runs failed (see above); finished runs are kept, rerun with --resume"
-                );
-                return Ok(ExitCode::from(1));
-            }
+        Command::Run(args) => {
+            return Ok(ExitCode::from(train_commands::run(args, GridKind::Main)?));
+        }
+        Command::Sweep { args, choose } => {
+            return Ok(ExitCode::from(train_commands::sweep(args, choose)?));
         }
         Command::Bench {
             out,
             backends,
             quick,
             pytorch,
+            pytorch_device,
             only,
         } => {
             let backends = backends
@@ -478,6 +396,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     backends,
                     quick,
                     pytorch,
+                    pytorch_device,
                     only,
                 },
                 &|line| eprintln!("{line}"),
@@ -499,15 +418,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("cannot build the report of {}", source.display()))?;
             out!("{built}");
         }
+        Command::Devices => {
+            emit(&lossbench_runner::list_devices().to_string())?;
+        }
         Command::Plan {
             experiment,
             results,
             epochs,
             json,
+            sweep,
         } => {
             let exp = lossbench_experiment::Experiment::load(&experiment)?;
-            let runs = grid(&exp, &experiment, epochs)?;
-            let root = lossbench_experiment::experiment_dir(&results, &exp.name);
+            let kind = if sweep {
+                GridKind::Sweep
+            } else {
+                GridKind::Main
+            };
+            let (runs, root) = experiment_grid(&exp, &experiment, epochs, &results, kind)?;
             let rows = plan_rows(&runs, &root);
             if json {
                 out!("{}", serde_json::to_string_pretty(&rows)?);
@@ -580,14 +507,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Exit code of a request this machine cannot serve (a backend or device it lacks), as for
+/// clap's usage errors.
+const UNAVAILABLE: u8 = 2;
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    lossbench_runner::configure_gpu_runtime();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(1)
+            if e.downcast_ref::<Unavailable>().is_some() {
+                ExitCode::from(UNAVAILABLE)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

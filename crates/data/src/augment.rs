@@ -107,6 +107,74 @@ pub fn augment_image(
     }
 }
 
+/// Which random transforms a training image gets (`[data] augment`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AugmentSpec {
+    /// Random 32×32 crop of the image zero-padded by [`PAD`].
+    pub crop: bool,
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// Largest rotation in degrees (an angle uniform in ±this per image); 0 = none.
+    pub rotation_deg: f64,
+}
+
+impl Default for AugmentSpec {
+    /// The standard CIFAR augmentation: crop and flip.
+    fn default() -> Self {
+        Self {
+            crop: true,
+            flip: true,
+            rotation_deg: 0.0,
+        }
+    }
+}
+
+/// Rotate each channel plane of `image` (channel-planar, [`IMAGE_BYTES`] values) by
+/// `degrees` counter-clockwise about the image centre, as torchvision's `rotate` with
+/// bilinear interpolation: output pixel centres are mapped back into the input and sampled
+/// bilinearly, a sample outside the image reading `fill[channel]` (the normalised value of
+/// a black pixel: zero fill before normalisation). Normalisation is affine per channel, so
+/// rotating normalised values equals normalising rotated pixels.
+pub fn rotate_image(image: &[f32], degrees: f64, fill: [f32; 3], out: &mut [f32]) {
+    let side = IMAGE_SIDE;
+    let plane = side * side;
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let centre = side as f64 / 2.0;
+    for ch in 0..3 {
+        let src = &image[ch * plane..(ch + 1) * plane];
+        let at = |x: i64, y: i64| -> f64 {
+            if (0..side as i64).contains(&x) && (0..side as i64).contains(&y) {
+                f64::from(src[y as usize * side + x as usize])
+            } else {
+                f64::from(fill[ch])
+            }
+        };
+        for y in 0..side {
+            for x in 0..side {
+                // Pixel centre relative to the image centre, y downwards.
+                let (px, py) = (x as f64 + 0.5 - centre, y as f64 + 0.5 - centre);
+                // The inverse rotation gives the source point (counter-clockwise on screen).
+                let u = cos * px - sin * py + centre - 0.5;
+                let v = sin * px + cos * py + centre - 0.5;
+                let (x0, y0) = (u.floor(), v.floor());
+                let (fx, fy) = (u - x0, v - y0);
+                let (x0, y0) = (x0 as i64, y0 as i64);
+                let value = (1.0 - fy) * ((1.0 - fx) * at(x0, y0) + fx * at(x0 + 1, y0))
+                    + fy * ((1.0 - fx) * at(x0, y0 + 1) + fx * at(x0 + 1, y0 + 1));
+                out[ch * plane + y * side + x] = value as f32;
+            }
+        }
+    }
+}
+
+impl Normalizer {
+    /// The normalised value of byte 0 per channel (what zero fill becomes).
+    #[must_use]
+    pub fn zero(&self) -> [f32; 3] {
+        [self.tables[0][0], self.tables[1][0], self.tables[2][0]]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +250,84 @@ mod tests {
         // Padding is black before normalisation, as in torchvision.
         augment_image(&img, &stats.normalizer(), 0, 0, false, &mut out);
         assert!((at(&out, 0, 0, 0) + 1.0).abs() < 1e-6);
+    }
+    /// An independent float64 reference: the inverse affine map written as torchvision's
+    /// `_get_inverse_affine_matrix` (rotation about the centre, no shear or scale), applied
+    /// to the raw bytes with zero fill, then normalised.
+    fn reference_rotation(image: &[u8], degrees: f64, stats: ChannelStats) -> Vec<f64> {
+        let side = IMAGE_SIDE as f64;
+        let a = degrees.to_radians();
+        // Inverse of a counter-clockwise rotation in y-down pixel coordinates.
+        let m = [a.cos(), -a.sin(), a.sin(), a.cos()];
+        let mut out = Vec::with_capacity(IMAGE_BYTES);
+        for ch in 0..3 {
+            for y in 0..IMAGE_SIDE {
+                for x in 0..IMAGE_SIDE {
+                    let p = [x as f64 + 0.5 - side / 2.0, y as f64 + 0.5 - side / 2.0];
+                    let sx = m[0] * p[0] + m[1] * p[1] + side / 2.0 - 0.5;
+                    let sy = m[2] * p[0] + m[3] * p[1] + side / 2.0 - 0.5;
+                    let pixel = |xx: f64, yy: f64| -> f64 {
+                        if xx < 0.0 || yy < 0.0 || xx > side - 1.0 || yy > side - 1.0 {
+                            return 0.0;
+                        }
+                        f64::from(image[ch * 1024 + yy as usize * IMAGE_SIDE + xx as usize])
+                    };
+                    let (x0, y0) = (sx.floor(), sy.floor());
+                    let (wx, wy) = (sx - x0, sy - y0);
+                    let v = pixel(x0, y0) * (1.0 - wx) * (1.0 - wy)
+                        + pixel(x0 + 1.0, y0) * wx * (1.0 - wy)
+                        + pixel(x0, y0 + 1.0) * (1.0 - wx) * wy
+                        + pixel(x0 + 1.0, y0 + 1.0) * wx * wy;
+                    out.push((v / 255.0 - f64::from(stats.mean[ch])) / f64::from(stats.std[ch]));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rotation_matches_a_float64_reference() {
+        let image = known_image();
+        let stats = ChannelStats {
+            mean: [0.5, 0.4, 0.3],
+            std: [0.25, 0.2, 0.3],
+        };
+        let normalizer = stats.normalizer();
+        let mut plain = vec![0f32; IMAGE_BYTES];
+        normalize_image(&image, &normalizer, &mut plain);
+        for degrees in [0.0, 15.0, -15.0, 7.3, -2.5, 90.0, 180.0] {
+            let mut out = vec![0f32; IMAGE_BYTES];
+            rotate_image(&plain, degrees, normalizer.zero(), &mut out);
+            let want = reference_rotation(&image, degrees, stats);
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| (f64::from(a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-4, "{degrees}°: off by {worst}");
+        }
+    }
+
+    #[test]
+    fn rotation_by_zero_is_the_identity_and_a_quarter_turn_is_a_permutation() {
+        let image = known_image();
+        let normalizer = UNIT.normalizer();
+        let mut plain = vec![0f32; IMAGE_BYTES];
+        normalize_image(&image, &normalizer, &mut plain);
+        let mut out = vec![0f32; IMAGE_BYTES];
+        rotate_image(&plain, 0.0, normalizer.zero(), &mut out);
+        assert_eq!(out, plain);
+        // Counter-clockwise: output (x, y) shows input (31 − y, x); the top-right corner
+        // moves to the top-left.
+        rotate_image(&plain, 90.0, normalizer.zero(), &mut out);
+        for ch in 0..3 {
+            for y in 0..IMAGE_SIDE {
+                for x in 0..IMAGE_SIDE {
+                    let got = out[ch * 1024 + y * IMAGE_SIDE + x];
+                    let want = plain[ch * 1024 + x * IMAGE_SIDE + (IMAGE_SIDE - 1 - y)];
+                    assert!((got - want).abs() < 1e-3, "({x}, {y}): {got} vs {want}");
+                }
+            }
+        }
     }
 }

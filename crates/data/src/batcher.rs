@@ -5,7 +5,10 @@
 use lossbench_rng::{Purpose, Stream};
 use rayon::prelude::*;
 
-use crate::{ChannelStats, DataSet, IMAGE_BYTES, Normalizer, PAD, augment_image, normalize_image};
+use crate::{
+    AugmentSpec, ChannelStats, DataSet, IMAGE_BYTES, Normalizer, PAD, augment_image,
+    normalize_image, rotate_image,
+};
 
 /// A batch ready for the device.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +46,8 @@ pub struct Batcher<'a> {
     batch_size: usize,
     /// `Some((seed, epoch))` for training: shuffled and augmented.
     augment: Option<(u64, u64)>,
+    /// Which transforms a training image gets.
+    spec: AugmentSpec,
     order: Vec<u32>,
 }
 
@@ -62,8 +67,15 @@ impl<'a> Batcher<'a> {
             normalizer: stats.normalizer(),
             batch_size: batch_size.max(1),
             augment: Some((seed, epoch)),
+            spec: AugmentSpec::default(),
             order,
         }
+    }
+
+    /// The same batches with other transforms (`[data] augment`).
+    #[must_use]
+    pub fn with_augment(self, spec: AugmentSpec) -> Self {
+        Self { spec, ..self }
     }
 
     /// Batches in file order, only normalised (evaluation).
@@ -74,6 +86,7 @@ impl<'a> Batcher<'a> {
             normalizer: stats.normalizer(),
             batch_size: batch_size.max(1),
             augment: None,
+            spec: AugmentSpec::default(),
             order: (0..set.len() as u32).collect(),
         }
     }
@@ -104,11 +117,23 @@ impl<'a> Batcher<'a> {
                 let src = self.set.image(id as usize);
                 match self.augment {
                     Some((seed, epoch)) => {
+                        // Always the same three draws, so turning a transform off leaves the
+                        // others' values unchanged.
                         let mut s = Stream::new(seed, Purpose::Augment, epoch).sub(u64::from(id));
                         let dx = s.below(2 * PAD as u64 + 1) as usize;
                         let dy = s.below(2 * PAD as u64 + 1) as usize;
                         let flip = s.below(2) == 1;
+                        let (dx, dy) = if self.spec.crop { (dx, dy) } else { (PAD, PAD) };
+                        let flip = flip && self.spec.flip;
                         augment_image(src, &self.normalizer, dx, dy, flip, out);
+                        if self.spec.rotation_deg > 0.0 {
+                            let u = Stream::new(seed, Purpose::Rotation, epoch)
+                                .sub(u64::from(id))
+                                .next_f64();
+                            let degrees = (2.0 * u - 1.0) * self.spec.rotation_deg;
+                            let cropped = out.to_vec();
+                            rotate_image(&cropped, degrees, self.normalizer.zero(), out);
+                        }
                     }
                     None => normalize_image(src, &self.normalizer, out),
                 }

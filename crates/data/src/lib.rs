@@ -14,7 +14,8 @@ mod split;
 pub mod synth;
 
 pub use augment::{
-    ChannelStats, IMAGE_BYTES, IMAGE_SIDE, Normalizer, PAD, augment_image, normalize_image,
+    AugmentSpec, ChannelStats, IMAGE_BYTES, IMAGE_SIDE, Normalizer, PAD, augment_image,
+    normalize_image, rotate_image,
 };
 pub use batcher::{Batch, Batcher, epoch_order};
 pub use cifar::{DataSet, Kind, Split, Summary, load, verify};

@@ -49,6 +49,35 @@ pub struct Experiment {
     /// Published numbers to compare against, by loss name.
     #[serde(default)]
     pub claimed: BTreeMap<String, Claim>,
+    /// How the per-loss sweeps (`[[losses]] sweep = {…}`) are trained and judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepConfig>,
+}
+
+/// Shared settings of every sweep run: trained on the training split minus the validation
+/// split, judged on the validation split only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    pub epochs: u32,
+    #[serde(default = "seed_zero")]
+    pub seeds: Vec<u64>,
+    /// `val_top1` (higher is better) or `val_loss` (lower is better), at the last epoch.
+    #[serde(default = "val_top1")]
+    pub metric: String,
+}
+
+/// Metrics a sweep can select by.
+pub const SWEEP_METRICS: &[&str] = &["val_top1", "val_loss"];
+
+/// The sweep key that is not a loss parameter: the head's learning-rate factor.
+pub const HEAD_LR_SCALE: &str = "head_lr_scale";
+
+fn seed_zero() -> Vec<u64> {
+    vec![0]
+}
+fn val_top1() -> String {
+    "val_top1".into()
 }
 
 /// Which data set and where its `.bin` files are.
@@ -65,6 +94,46 @@ pub struct DataConfig {
     /// every loss and seed); 0 = none, model selection is then impossible without the test set.
     #[serde(default)]
     pub validation: usize,
+    /// The training augmentation (default: crop and flip, no rotation).
+    #[serde(default, skip_serializing_if = "Augment::is_standard")]
+    pub augment: Augment,
+}
+
+/// Training augmentation, applied in torchvision's order: random crop of the zero-padded
+/// image, random horizontal flip, random rotation (bilinear, zero fill).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    #[serde(default = "yes")]
+    pub crop: bool,
+    #[serde(default = "yes")]
+    pub flip: bool,
+    /// Largest rotation in degrees: an angle uniform in [−rotation, rotation] per image
+    /// (pytorch-cifar100's `RandomRotation(15)`); 0 = none.
+    #[serde(default)]
+    pub rotation: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            crop: true,
+            flip: true,
+            rotation: 0.0,
+        }
+    }
+}
+
+impl Augment {
+    /// lossbench's augmentation before it could be chosen (crop and flip).
+    #[must_use]
+    pub fn is_standard(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl DataConfig {
@@ -105,6 +174,28 @@ pub struct ModelConfig {
     pub arch: String,
     #[serde(default = "one")]
     pub width: f64,
+    /// Initial class weights of every loss head: N(0, std²). Default: each head's own
+    /// (N(0, 0.01²), InsightFace's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_init: Option<HeadInit>,
+    /// InsightFace's embedding neck, BN → linear(dim) → BN, between the pooled features and
+    /// the head of every loss. Default: none (the head sees the pooled features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Embedding>,
+}
+
+/// `[model] head_init = { std = 1.0 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadInit {
+    pub std: f64,
+}
+
+/// `[model] embedding = { dim = 512 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedding {
+    pub dim: usize,
 }
 
 fn one() -> f64 {
@@ -130,6 +221,31 @@ pub struct TrainingConfig {
     #[serde(default)]
     pub warmup_epochs: u32,
     pub schedule: Schedule,
+    /// Float type of every tensor: `f32` (default), `bf16` or `f16` — the whole run, as burn
+    /// has no mixed precision (see the README).
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32")]
+    pub precision: String,
+    /// The loss head's parameters learn at `lr × head_lr_scale` (pytorch-metric-learning's
+    /// users need ~10× for cosine heads); sweepable like a loss parameter.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub head_lr_scale: f64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
+/// Float types `training.precision` accepts.
+pub const PRECISIONS: &[&str] = &["f32", "bf16", "f16"];
+
+fn f32_name() -> String {
+    "f32".into()
+}
+// Settings at their defaults are not written, so results of a lossbench without the setting
+// keep their identity.
+fn is_f32(s: &str) -> bool {
+    s == "f32"
 }
 
 fn eval_batch() -> usize {
@@ -167,6 +283,10 @@ pub struct LossEntry {
     pub params: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub epochs: Option<u32>,
+    /// Values to try per parameter (a loss parameter or `head_lr_scale`): every combination
+    /// is a sweep run; `lossbench sweep` picks the best on the validation split.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, Vec<f64>>,
 }
 
 /// A published result.
@@ -299,6 +419,13 @@ impl Experiment {
                 "needs training.momentum > 0",
             );
         }
+        if !PRECISIONS.contains(&t.precision.as_str()) {
+            return bad(
+                "training.precision",
+                format!("{:?}", t.precision),
+                &format!("must be one of {}", PRECISIONS.join(", ")),
+            );
+        }
         match &t.schedule {
             Schedule::Multistep { milestones, gamma } => {
                 if milestones.windows(2).any(|w| w[0] >= w[1]) {
@@ -327,6 +454,40 @@ impl Experiment {
             }
             Schedule::Constant => {}
         }
+        if !(t.head_lr_scale.is_finite() && t.head_lr_scale > 0.0) {
+            return bad(
+                "training.head_lr_scale",
+                t.head_lr_scale.to_string(),
+                "must be a finite number > 0",
+            );
+        }
+        if let Some(h) = self.model.head_init
+            && !(h.std.is_finite() && h.std > 0.0)
+        {
+            return bad(
+                "model.head_init.std",
+                h.std.to_string(),
+                "must be a finite number > 0",
+            );
+        }
+        if let Some(e) = self.model.embedding
+            && !(1..=8192).contains(&e.dim)
+        {
+            return bad(
+                "model.embedding.dim",
+                e.dim.to_string(),
+                "must be in 1..=8192",
+            );
+        }
+        let rotation = self.data.augment.rotation;
+        if !(0.0..=180.0).contains(&rotation) {
+            return bad(
+                "data.augment.rotation",
+                rotation.to_string(),
+                "must be in [0, 180] degrees",
+            );
+        }
+        self.validate_sweep(path)?;
         if self.seeds.is_empty() {
             return bad("seeds", "[]".into(), "must list at least one seed");
         }
@@ -400,6 +561,74 @@ impl Experiment {
             );
         }
         Ok(())
+    }
+
+    fn validate_sweep(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, allowed: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value,
+                allowed: allowed.to_string(),
+            })
+        };
+        let swept = self.losses.iter().any(|l| !l.sweep.is_empty());
+        for l in &self.losses {
+            for (key, values) in &l.sweep {
+                let name = format!("losses.{}.sweep.{key}", l.name);
+                if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+                    return bad(&name, format!("{values:?}"), "must list finite values");
+                }
+                if values
+                    .iter()
+                    .enumerate()
+                    .any(|(i, v)| values[..i].contains(v))
+                {
+                    return bad(&name, format!("{values:?}"), "must not repeat a value");
+                }
+                if key == HEAD_LR_SCALE && values.iter().any(|v| *v <= 0.0) {
+                    return bad(&name, format!("{values:?}"), "must be > 0");
+                }
+            }
+        }
+        match (&self.sweep, swept) {
+            (None, true) => bad(
+                "sweep",
+                "(missing)".into(),
+                "a loss has `sweep` values: add a [sweep] table (epochs, seeds, metric)",
+            ),
+            (Some(s), _) => {
+                if s.epochs == 0 {
+                    return bad("sweep.epochs", "0".into(), "must be at least 1");
+                }
+                if s.seeds.is_empty() {
+                    return bad("sweep.seeds", "[]".into(), "must list at least one seed");
+                }
+                if !SWEEP_METRICS.contains(&s.metric.as_str()) {
+                    return bad(
+                        "sweep.metric",
+                        format!("{:?}", s.metric),
+                        &format!("must be one of {}", SWEEP_METRICS.join(", ")),
+                    );
+                }
+                if self.data.validation == 0 {
+                    return bad(
+                        "data.validation",
+                        "0".into(),
+                        "a sweep is judged on the validation split: hold out some training images (e.g. validation = 5000)",
+                    );
+                }
+                if s.epochs < self.training.warmup_epochs {
+                    return bad(
+                        "sweep.epochs",
+                        s.epochs.to_string(),
+                        "must not be less than training.warmup_epochs",
+                    );
+                }
+                Ok(())
+            }
+            (None, false) => Ok(()),
+        }
     }
 
     /// Epochs for `loss`: its own count or the experiment's.

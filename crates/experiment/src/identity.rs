@@ -143,6 +143,14 @@ impl RunIdentity {
             "data.validation".into(),
             experiment.data.validation.to_string(),
         );
+        // Only a non-standard augmentation is listed: runs from before it could be chosen
+        // (crop and flip) keep their identity.
+        if !experiment.data.augment.is_standard() {
+            let a = experiment.data.augment;
+            values.insert("data.augment.crop".into(), a.crop.to_string());
+            values.insert("data.augment.flip".into(), a.flip.to_string());
+            values.insert("data.augment.rotation".into(), format!("{:?}", a.rotation));
+        }
         fn section(name: &str, value: serde_json::Value) -> Vec<(String, String)> {
             flatten(&value)
                 .into_iter()

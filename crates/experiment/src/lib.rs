@@ -9,11 +9,13 @@ mod identity;
 mod layout;
 mod manifest;
 mod records;
+mod sweep_record;
 
 pub use atomic::{atomic_write, atomic_write_all, atomic_write_with};
 pub use config::{
-    ARCHS, Claim, ConfigError, DataConfig, DataSetName, Experiment, LossEntry, ModelConfig,
-    Schedule, SynthSettings, TrainingConfig,
+    ARCHS, Augment, Claim, ConfigError, DataConfig, DataSetName, Embedding, Experiment,
+    HEAD_LR_SCALE, HeadInit, LossEntry, ModelConfig, PRECISIONS, SWEEP_METRICS, Schedule,
+    SweepConfig, SynthSettings, TrainingConfig,
 };
 pub use identity::{
     CopyOutcome, Difference, RunIdentity, claim_experiment_copy, describe, differences, flatten,
@@ -25,3 +27,4 @@ pub use records::{
     EpochRecord, MetricsRead, frame_to_records, read_metrics, read_metrics_csv,
     read_metrics_resilient, records_to_frame, same_rows, write_metrics,
 };
+pub use sweep_record::{LossSweep, Point, PointResult, SWEEP_FILE, SweepRecord};

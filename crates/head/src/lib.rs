@@ -84,13 +84,29 @@ pub trait LossHead: Module + Sized {
     }
 }
 
+/// Standard deviation of the initial class weights by default: InsightFace's 0.01.
+pub const DEFAULT_INIT_STD: f64 = 0.01;
+
 /// Initial weights, `rows × feature_dim`: N(0, 0.01²) as in the InsightFace heads, drawn
 /// from the backend-independent stream of `seed`, so every backend starts from the same
 /// numbers.
 #[must_use]
 pub fn init_weight(rows: usize, feature_dim: usize, seed: u64, device: &Device) -> Tensor<2> {
+    init_weight_std(rows, feature_dim, seed, DEFAULT_INIT_STD, device)
+}
+
+/// [`init_weight`] with another standard deviation (`[model] head_init`). Under a cosine
+/// head a class weight's effective learning rate grows like 1/‖w‖², and ‖w‖ ≈ std·√dim.
+#[must_use]
+pub fn init_weight_std(
+    rows: usize,
+    feature_dim: usize,
+    seed: u64,
+    std: f64,
+    device: &Device,
+) -> Tensor<2> {
     let mut stream = lossbench_rng::Stream::new(seed, lossbench_rng::Purpose::HeadInit, 0);
-    let values = stream.normal_vec(rows * feature_dim, 0.01);
+    let values = stream.normal_vec(rows * feature_dim, std);
     Tensor::from_data(TensorData::new(values, [rows, feature_dim]), device)
 }
 

@@ -9,7 +9,9 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d, Relu};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu,
+};
 use burn::prelude::*;
 use lossbench_rng::{Purpose, Stream};
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,51 @@ impl ResNetConfig {
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             relu: Relu::new(),
         })
+    }
+}
+
+/// InsightFace's embedding neck: BN → linear → BN, no ReLU, so a loss head sees a linear,
+/// centred embedding instead of post-ReLU (non-negative) pooled features.
+#[derive(Module, Debug)]
+pub struct Neck {
+    input_bn: BatchNorm,
+    linear: Linear,
+    output_bn: BatchNorm,
+}
+
+impl Neck {
+    /// `input → dim`; the linear layer's weight and bias uniform in ±1/√input as PyTorch's
+    /// `nn.Linear`, drawn from the seed's own stream.
+    #[must_use]
+    pub fn init(input: usize, dim: usize, seed: u64, device: &Device) -> Self {
+        let bound = 1.0 / (input as f64).sqrt();
+        let mut stream = Stream::new(seed, Purpose::NeckInit, 0);
+        let mut uniform = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| ((2.0 * stream.next_f64() - 1.0) * bound) as f32)
+                .collect()
+        };
+        let mut linear = LinearConfig::new(input, dim)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        // burn stores the weight as [input, output].
+        linear.weight =
+            Param::from_data(TensorData::new(uniform(input * dim), [input, dim]), device);
+        linear.bias = Some(Param::from_data(
+            TensorData::new(uniform(dim), [dim]),
+            device,
+        ));
+        Self {
+            input_bn: BatchNormConfig::new(input).init(device),
+            linear,
+            output_bn: BatchNormConfig::new(dim).init(device),
+        }
+    }
+
+    /// `[batch, input]` → `[batch, dim]`.
+    pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
+        self.output_bn
+            .forward(self.linear.forward(self.input_bn.forward(features)))
     }
 }
 

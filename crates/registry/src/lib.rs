@@ -6,7 +6,8 @@
 use burn::prelude::*;
 use lossbench_head::eval::{Case, Evaluation, evaluate};
 use lossbench_head::{
-    HeadDims, HeadError, Labels, LossHead, LossSpec, ResolvedParams, init_weight,
+    DEFAULT_INIT_STD, HeadDims, HeadError, Labels, LossHead, LossSpec, ResolvedParams,
+    init_weight_std,
 };
 
 /// Generates [`AnyHead`] (a burn module enum over every registered head) and the lookup
@@ -134,6 +135,18 @@ pub fn init_head(
     seed: u64,
     device: &Device,
 ) -> Result<AnyHead, HeadError> {
+    init_head_std(name, params, dims, seed, DEFAULT_INIT_STD, device)
+}
+
+/// [`init_head`] with class weights drawn from N(0, std²).
+pub fn init_head_std(
+    name: &str,
+    params: &ResolvedParams,
+    dims: HeadDims,
+    seed: u64,
+    std: f64,
+    device: &Device,
+) -> Result<AnyHead, HeadError> {
     let spec = spec(name)?;
     let bias = spec
         .has_bias
@@ -142,7 +155,7 @@ pub fn init_head(
     AnyHead::build_named(
         name,
         params,
-        init_weight(rows, dims.feature_dim, seed, device),
+        init_weight_std(rows, dims.feature_dim, seed, std, device),
         bias,
     )
 }

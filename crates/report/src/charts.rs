@@ -9,9 +9,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+pub use crate::heatmap::Heatmap;
+
 /// Pixel size of every chart.
 pub const SIZE: (u32, u32) = (900, 480);
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// Fixed colours for the registered losses (Okabe–Ito, colour-blind safe, then Tableau),
@@ -351,6 +353,7 @@ pub enum Figure {
     Lines(Chart),
     Dots(DotChart),
     Panels(Panels),
+    Heatmap(Heatmap),
 }
 
 impl Figure {
@@ -360,6 +363,7 @@ impl Figure {
             Self::Lines(c) => &c.file_stem,
             Self::Dots(c) => &c.file_stem,
             Self::Panels(c) => &c.file_stem,
+            Self::Heatmap(c) => &c.file_stem,
         }
     }
 
@@ -369,6 +373,7 @@ impl Figure {
             Self::Lines(c) => &c.title,
             Self::Dots(c) => &c.title,
             Self::Panels(c) => &c.title,
+            Self::Heatmap(c) => &c.title,
         }
     }
 
@@ -379,6 +384,7 @@ impl Figure {
             Self::Lines(_) => SIZE,
             Self::Dots(c) => c.size(),
             Self::Panels(p) => (SIZE.0, 40 + 230 * p.grid().0 as u32),
+            Self::Heatmap(h) => h.size(),
         }
     }
 
@@ -387,6 +393,7 @@ impl Figure {
             Self::Lines(c) => draw(area, c, 14),
             Self::Dots(c) => draw_dots(area, c),
             Self::Panels(p) => draw_panels(area, p),
+            Self::Heatmap(h) => h.draw(area),
         }?;
         area.present()
             .map_err(|e| anyhow!("cannot draw {}: {e:?}", self.file_stem()))

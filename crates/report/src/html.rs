@@ -307,6 +307,7 @@ pub fn page(
     rows: &[LossSummary],
     pairs: &[PairComparison],
     results: &Results,
+    tuning: &str,
     figures: &[FigureRef<'_>],
 ) -> String {
     let runs = &results.runs;
@@ -375,6 +376,14 @@ pub fn page(
         .replace("{{table}}", &table(rows))
         .replace("{{selection}}", selection)
         .replace("{{pairwise}}", &pairs_table(pairs))
+        .replace(
+            "{{tuning}}",
+            &if tuning.is_empty() {
+                String::new()
+            } else {
+                format!("<h2 id=\"tuning-section\">Tuning on the validation split</h2>{tuning}")
+            },
+        )
         .replace(
             "{{charts}}",
             &curves.iter().map(|f| figure_html(f)).collect::<String>(),

@@ -3,9 +3,11 @@
 //! estimates), so it can be rerun at any time — also while runs are still going.
 
 pub mod charts;
+mod heatmap;
 mod html;
 pub mod stats;
 pub mod summary;
+mod sweep;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -465,12 +467,17 @@ pub fn build(experiment: &Experiment, results: &Results, out: &Path) -> Result<B
         Ok(())
     })?;
     files.extend([csv, parquet]);
+    let tuning = match &results.sweep {
+        Some(record) => sweep::section(record, out, &mut files)?,
+        None => String::new(),
+    };
     let index = out.join("index.html");
     let page = html::page(
         experiment,
         &rows,
         &pairs,
         results,
+        &tuning,
         &figures
             .iter()
             .map(|(f, caption)| html::FigureRef {

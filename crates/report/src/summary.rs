@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use lossbench_experiment::{
-    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, discover_runs, read_metrics_resilient,
+    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, SweepRecord, discover_runs,
+    read_metrics_resilient,
 };
 
 use crate::stats::{Estimate, epochs_to_reach, holm, paired_t_test, paired_values};
@@ -62,6 +63,8 @@ pub struct Unreadable {
 pub struct Results {
     pub runs: Vec<Run>,
     pub unreadable: Vec<Unreadable>,
+    /// `sweep.json`: the per-loss tuning the runs were trained at, if the experiment swept.
+    pub sweep: Option<SweepRecord>,
 }
 
 fn load_run(dir: RunDir) -> Result<Run, Unreadable> {
@@ -95,6 +98,7 @@ pub fn load_runs(experiment_dir: &Path) -> Result<Results> {
     let mut results = Results {
         runs: Vec::new(),
         unreadable: Vec::new(),
+        sweep: SweepRecord::read_in(experiment_dir)?,
     };
     for dir in discover_runs(experiment_dir)? {
         match load_run(dir) {
@@ -102,7 +106,7 @@ pub fn load_runs(experiment_dir: &Path) -> Result<Results> {
             Err(u) => results.unreadable.push(u),
         }
     }
-    if results.runs.is_empty() && results.unreadable.is_empty() {
+    if results.runs.is_empty() && results.unreadable.is_empty() && results.sweep.is_none() {
         bail!(
             "{} holds no runs (no <loss>/seed-<n>/run.json): run the experiment first",
             experiment_dir.display()

@@ -23,6 +23,11 @@ pub enum Purpose {
     Synthetic = 5,
     /// Which training images are held out for validation (never keyed by the run seed).
     ValidationSplit = 6,
+    /// Initial weights of the embedding neck.
+    NeckInit = 7,
+    /// Random rotation of one training image (its own stream: crop and flip draws are
+    /// unchanged by turning rotation on).
+    Rotation = 8,
 }
 
 /// One step of SplitMix64: a bijective, well-mixed 64-bit hash.

@@ -1,18 +1,22 @@
-//! Choosing where tensors live: `auto`, `wgpu`, `flex` or `ndarray`.
+//! Choosing where tensors live: `auto`, `cuda`, `wgpu`, `flex` or `ndarray`, which device of
+//! it, in which float precision; and listing what this machine has (`lossbench devices`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
+use burn::tensor::{DeviceType, FloatDType};
 
 /// A backend requested on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// A real GPU through wgpu if there is one, else flex.
+    /// CUDA when the driver loads and has a device, else a real GPU through wgpu, else flex.
     #[default]
     Auto,
-    /// wgpu on its default adapter (a GPU, or a software one such as lavapipe).
+    /// NVIDIA GPUs through the CUDA driver and NVRTC (loaded at run time).
+    Cuda,
+    /// wgpu (Vulkan on Linux): a GPU, or a software adapter such as lavapipe.
     Wgpu,
     /// burn's pure-Rust CPU backend.
     Flex,
@@ -20,15 +24,22 @@ pub enum BackendChoice {
     Ndarray,
 }
 
+/// Every name `--backend` accepts, for clap and for error messages.
+pub const BACKEND_NAMES: [&str; 5] = ["auto", "cuda", "wgpu", "flex", "ndarray"];
+
 impl FromStr for BackendChoice {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => Self::Auto,
+            "cuda" => Self::Cuda,
             "wgpu" => Self::Wgpu,
             "flex" => Self::Flex,
             "ndarray" => Self::Ndarray,
-            other => bail!("unknown backend `{other}` (choose auto, wgpu, flex or ndarray)"),
+            other => bail!(
+                "unknown backend `{other}` (choose {})",
+                BACKEND_NAMES.join(", ")
+            ),
         })
     }
 }
@@ -37,6 +48,7 @@ impl fmt::Display for BackendChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Auto => "auto",
+            Self::Cuda => "cuda",
             Self::Wgpu => "wgpu",
             Self::Flex => "flex",
             Self::Ndarray => "ndarray",
@@ -44,14 +56,205 @@ impl fmt::Display for BackendChoice {
     }
 }
 
+/// The float type of a run's tensors (`[training] precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => Self::F32,
+            "bf16" => Self::Bf16,
+            "f16" => Self::F16,
+            other => bail!("training.precision = {other:?} is invalid (choose f32, bf16 or f16)"),
+        })
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl Precision {
+    fn dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+            Self::F16 => FloatDType::F16,
+        }
+    }
+}
+
+/// A requested backend or device that this machine does not have. The CLI exits with code 2
+/// on it (a usage problem, not a failed run).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// A resolved backend: the device and how to describe it in `run.json`.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: &'static str,
     pub device_name: String,
     pub device: Device,
+    /// Which device of the backend (`--device`).
+    pub index: usize,
     /// Whether results are bit-exact across runs on this backend (see the README).
     pub deterministic: bool,
+}
+
+/// Run `f`, turning a panic inside it (wgpu without an adapter, a driver library that
+/// cannot be loaded) into its message.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    outcome.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "panicked".to_string())
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// One device this machine offers.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub backend: &'static str,
+    pub index: usize,
+    pub name: String,
+    /// A real card (not a CPU or a software rasterizer such as lavapipe).
+    pub gpu: bool,
+    pub device: Device,
+}
+
+/// Why this binary has no CUDA backend, if it was built without it.
+#[cfg(not(feature = "cuda"))]
+const NO_CUDA: &str = "this lossbench was built without CUDA (its `cuda` feature: burn's CUDA backend downloads LLVM from github.com at build time); rebuild with `--features lossbench-cli/cuda` where that is reachable";
+
+/// The devices the backend enumerates (`cuda` or `wgpu`), opened to read their identity.
+fn enumerate(backend: &'static str) -> Result<Vec<Device>, String> {
+    let kind = match backend {
+        #[cfg(feature = "cuda")]
+        "cuda" => DeviceType::Cuda,
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => return Err(NO_CUDA.to_string()),
+        _ => DeviceType::Wgpu,
+    };
+    quietly(|| Device::enumerate(kind).to_vec())
+}
+
+/// The devices of one GPU backend, or why it has none.
+fn gpu_devices(backend: &'static str) -> Result<Vec<Found>, String> {
+    let devices = enumerate(backend)?;
+    let devices = quietly(|| {
+        devices
+            .iter()
+            .map(|d| {
+                let identity = d.identity();
+                (
+                    d.clone(),
+                    identity.as_ref().map(|i| i.name.clone()),
+                    identity.is_some_and(|i| i.physical.is_some()),
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    if devices.is_empty() {
+        return Err(if backend == "cuda" {
+            "no CUDA device: the NVIDIA driver (libcuda.so) is not installed here or sees no GPU"
+                .into()
+        } else {
+            "no wgpu adapter (on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)".into()
+        });
+    }
+    Ok(devices
+        .into_iter()
+        .enumerate()
+        .map(|(index, (device, name, physical))| Found {
+            backend,
+            index,
+            name: name.unwrap_or_else(|| format!("{backend} device {index}")),
+            // CUDA devices are always cards; a wgpu adapter without a physical card behind
+            // it is a software one.
+            gpu: backend == "cuda" || physical,
+            device,
+        })
+        .collect())
+}
+
+/// What `lossbench devices` prints: every device per backend, or why a backend has none.
+#[derive(Debug)]
+pub struct Listing {
+    pub found: Vec<Found>,
+    pub unavailable: Vec<(&'static str, String)>,
+}
+
+/// List every backend's devices. Opens each GPU device once.
+#[must_use]
+pub fn list_devices() -> Listing {
+    let mut listing = Listing {
+        found: Vec::new(),
+        unavailable: Vec::new(),
+    };
+    for backend in ["cuda", "wgpu"] {
+        match gpu_devices(backend) {
+            Ok(found) => listing.found.extend(found),
+            Err(why) => listing.unavailable.push((backend, why)),
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    for backend in ["flex", "ndarray"] {
+        listing.found.push(Found {
+            backend,
+            index: 0,
+            name: format!("CPU, {threads} threads"),
+            gpu: false,
+            device: if backend == "flex" {
+                Device::flex()
+            } else {
+                #[allow(deprecated)]
+                Device::ndarray()
+            },
+        });
+    }
+    listing
+}
+
+impl fmt::Display for Listing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<8} {:>6}  {:<9} name", "backend", "device", "kind")?;
+        for d in &self.found {
+            let kind = match (d.gpu, d.backend) {
+                (true, _) => "GPU",
+                (false, "flex" | "ndarray") => "CPU",
+                (false, _) => "software",
+            };
+            writeln!(f, "{:<8} {:>6}  {:<9} {}", d.backend, d.index, kind, d.name)?;
+        }
+        for (backend, why) in &self.unavailable {
+            writeln!(f, "{backend:<8} {:>6}  {:<9} {why}", "-", "none")?;
+        }
+        Ok(())
+    }
 }
 
 /// What wgpu's default adapter is, if one can be opened: its name and whether it is a real
@@ -59,57 +262,181 @@ pub struct Backend {
 /// wgpu when there is no adapter; that is caught and reported as `None`.
 #[must_use]
 pub fn probe_wgpu() -> Option<(String, bool)> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let found = std::panic::catch_unwind(|| {
-        let device = Device::wgpu(Default::default());
-        device
-            .as_dispatch()
-            .identity()
-            .map(|id| (id.name.clone(), id.physical.is_some()))
-    });
-    std::panic::set_hook(hook);
-    found.ok().flatten()
+    gpu_devices("wgpu")
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .map(|d| (d.name, d.gpu))
+}
+
+fn pick(found: Vec<Found>, index: usize, backend: &str) -> Result<Found> {
+    let count = found.len();
+    found.into_iter().nth(index).ok_or_else(|| {
+        Unavailable(format!(
+            "--device {index}: {backend} has {count} device{} (0{})",
+            if count == 1 { "" } else { "s" },
+            if count > 1 {
+                format!("–{}", count - 1)
+            } else {
+                String::new()
+            }
+        ))
+        .into()
+    })
 }
 
 impl BackendChoice {
-    /// Resolve to a device; `wgpu` without any adapter is an error.
-    pub fn resolve(self) -> Result<Backend> {
-        let flex = || Backend {
-            name: "flex",
-            device_name: "CPU (flex)".into(),
-            device: Device::flex(),
-            deterministic: true,
-        };
-        Ok(match self {
-            Self::Flex => flex(),
-            #[allow(deprecated)] // ndarray stays selectable for comparison
-            Self::Ndarray => Backend {
-                name: "ndarray",
-                device_name: "CPU (ndarray)".into(),
-                device: Device::ndarray(),
+    /// Resolve to device `index` of this backend (`auto`: of the backend it picks), its
+    /// float type set to `precision`. A backend or device this machine lacks, or a precision
+    /// the device cannot compute in, is an [`Unavailable`] error.
+    pub fn resolve(self, index: usize, precision: Precision) -> Result<Backend> {
+        let cpu = |name: &'static str, device: Device| -> Result<Backend> {
+            if index != 0 {
+                return Err(
+                    Unavailable(format!("--device {index}: {name} has one device (0)")).into(),
+                );
+            }
+            Ok(Backend {
+                name,
+                device_name: format!("CPU ({name})"),
+                device,
+                index: 0,
                 deterministic: true,
+            })
+        };
+        let gpu = |found: Found| Backend {
+            name: found.backend,
+            device_name: found.name,
+            device: found.device,
+            index: found.index,
+            deterministic: false,
+        };
+        let backend = match self {
+            Self::Flex => cpu("flex", Device::flex())?,
+            #[allow(deprecated)] // ndarray stays selectable for comparison
+            Self::Ndarray => cpu("ndarray", Device::ndarray())?,
+            Self::Cuda | Self::Wgpu => {
+                let name = if self == Self::Cuda { "cuda" } else { "wgpu" };
+                let found = gpu_devices(name)
+                    .map_err(|why| Unavailable(format!("--backend {name}: {why}")))?;
+                gpu(pick(found, index, name)?)
+            }
+            Self::Auto => match gpu_devices("cuda") {
+                Ok(found) => gpu(pick(found, index, "cuda")?),
+                Err(_) => {
+                    let cards: Vec<Found> = gpu_devices("wgpu")
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|d| d.gpu)
+                        .collect();
+                    if cards.is_empty() {
+                        cpu("flex", Device::flex())?
+                    } else {
+                        gpu(pick(cards, index, "wgpu")?)
+                    }
+                }
             },
-            Self::Wgpu => match probe_wgpu() {
-                Some((name, _)) => Backend {
-                    name: "wgpu",
-                    device_name: name,
-                    device: Device::wgpu(Default::default()),
-                    deterministic: false,
-                },
-                None => bail!(
-                    "--backend wgpu: no wgpu adapter found (on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers)"
-                ),
-            },
-            Self::Auto => match probe_wgpu() {
-                Some((name, true)) => Backend {
-                    name: "wgpu",
-                    device_name: name,
-                    device: Device::wgpu(Default::default()),
-                    deterministic: false,
-                },
-                _ => flex(),
-            },
-        })
+        };
+        set_precision(backend, precision)
+    }
+}
+
+/// Make `precision` the device's default float type (before any tensor exists on it).
+fn set_precision(mut backend: Backend, precision: Precision) -> Result<Backend> {
+    let dtype = precision.dtype();
+    if precision == Precision::F32 {
+        return Ok(backend);
+    }
+    if !backend.device.supports_dtype(dtype) {
+        return Err(Unavailable(format!(
+            "training.precision = \"{precision}\": {} ({}) cannot compute in {precision}; use f32 or another backend",
+            backend.name, backend.device_name
+        ))
+        .into());
+    }
+    backend.device.configure(dtype).map_err(|e| {
+        anyhow::anyhow!(
+            "training.precision = \"{precision}\": cannot set it on {}: {e:?}",
+            backend.name
+        )
+    })?;
+    backend.device_name = format!("{}, {precision}", backend.device_name);
+    Ok(backend)
+}
+
+/// Where cubecl keeps its autotune results between processes: `$LOSSBENCH_KERNEL_CACHE`,
+/// else `$XDG_CACHE_HOME/lossbench/cubecl`, else `~/.cache/lossbench/cubecl`. One folder for
+/// every run, so a resumed run or the next seed does not tune the same kernels again.
+#[must_use]
+pub fn kernel_cache_dir() -> std::path::PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = var("LOSSBENCH_KERNEL_CACHE") {
+        return dir.into();
+    }
+    var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("lossbench")
+        .join("cubecl")
+}
+
+/// Configure the GPU runtimes once, before any device is opened: cubecl's settings from a
+/// `cubecl.toml` and `CUBECL_*` variables as usual, with the autotune cache in
+/// [`kernel_cache_dir`] unless a `cubecl.toml` names another folder. Autotune itself stays
+/// on at cubecl's level (`CUBECL_AUTOTUNE_LEVEL` changes it; see the README).
+pub fn configure_gpu_runtime() {
+    use burn::cubecl::config::cache::CacheConfig;
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.environment.path, CacheConfig::Target) {
+        config.environment.path = CacheConfig::Directory(kernel_cache_dir());
+    }
+    // Already set (a second call, or a device opened earlier): keep what is in force.
+    let _ = CubeClRuntimeConfig::try_set(config);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_errors() {
+        for name in BACKEND_NAMES {
+            assert_eq!(
+                name.parse::<BackendChoice>().expect("valid").to_string(),
+                name
+            );
+        }
+        let err = "tpu".parse::<BackendChoice>().expect_err("invalid");
+        assert!(
+            err.to_string().contains("auto, cuda, wgpu, flex, ndarray"),
+            "{err}"
+        );
+        for p in ["f32", "bf16", "f16"] {
+            assert_eq!(p.parse::<Precision>().expect("valid").to_string(), p);
+        }
+        assert!("fp8".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn a_cpu_backend_has_only_device_zero() {
+        let err = BackendChoice::Flex
+            .resolve(1, Precision::F32)
+            .expect_err("flex has one device");
+        assert!(err.downcast_ref::<Unavailable>().is_some(), "{err}");
+        assert_eq!(err.to_string(), "--device 1: flex has one device (0)");
+    }
+
+    #[test]
+    fn listing_always_has_the_cpu_backends() {
+        let listing = list_devices();
+        assert!(listing.found.iter().any(|d| d.backend == "flex"));
+        // CUDA is either found or explained; never silently missing.
+        assert!(
+            listing.found.iter().any(|d| d.backend == "cuda")
+                || listing.unavailable.iter().any(|(b, _)| *b == "cuda")
+        );
+        let text = listing.to_string();
+        assert!(text.starts_with("backend"), "{text}");
     }
 }

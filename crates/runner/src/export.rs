@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use lossbench_experiment::{Experiment, atomic_write};
 
-use crate::grid::{grid, grid_hash};
+use crate::grid::{GridKind, experiment_grid, grid_hash};
 
 /// What every exporter needs: the experiment, where things live, how much at once.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct ExportOptions {
     pub backend: String,
     /// `--epochs` of every run (part of the grid, so of its fingerprint).
     pub epochs: Option<u32>,
+    /// The experiment's runs, or its sweep runs (`lossbench sweep --index auto`, then a job
+    /// that records the choice instead of the report).
+    pub kind: GridKind,
 }
 
 /// Slurm specifics.
@@ -74,7 +77,13 @@ fn quote(s: &str) -> String {
 
 fn prepare(options: &ExportOptions) -> Result<(Experiment, usize, String)> {
     let experiment = Experiment::load(&options.experiment)?;
-    let runs = grid(&experiment, &options.experiment, options.epochs)?;
+    let (runs, _) = experiment_grid(
+        &experiment,
+        &options.experiment,
+        options.epochs,
+        &options.results,
+        options.kind,
+    )?;
     if runs.is_empty() {
         bail!("{} has no runs", options.experiment.display());
     }
@@ -99,7 +108,7 @@ fn write_script(path: &Path, text: &str) -> Result<()> {
 fn run_command(lossbench: &str, options: &ExportOptions, grid: &str) -> Vec<String> {
     let mut words = vec![
         lossbench.to_string(),
-        "run".into(),
+        subcommand(options.kind).into(),
         options.experiment.display().to_string(),
         "--index".into(),
         "auto".into(),
@@ -113,6 +122,40 @@ fn run_command(lossbench: &str, options: &ExportOptions, grid: &str) -> Vec<Stri
     ];
     if let Some(e) = options.epochs {
         words.extend(["--epochs".to_string(), e.to_string()]);
+    }
+    words
+}
+
+fn subcommand(kind: GridKind) -> &'static str {
+    match kind {
+        GridKind::Main => "run",
+        GridKind::Sweep => "sweep",
+    }
+}
+
+/// What runs once every task has ended: the report, or (a sweep) recording the choice.
+fn final_command(lossbench: &str, options: &ExportOptions) -> Vec<String> {
+    let mut words = vec![
+        lossbench.to_string(),
+        match options.kind {
+            GridKind::Main => "report",
+            GridKind::Sweep => "sweep",
+        }
+        .into(),
+        options.experiment.display().to_string(),
+        "--results".into(),
+        options.results.display().to_string(),
+    ];
+    match options.kind {
+        GridKind::Main => {
+            words.extend(["--out".into(), options.report_out.display().to_string()]);
+        }
+        GridKind::Sweep => {
+            words.push("--choose".into());
+            if let Some(e) = options.epochs {
+                words.extend(["--epochs".to_string(), e.to_string()]);
+            }
+        }
     }
     words
 }
@@ -195,15 +238,7 @@ exit $status
     ));
     let report = format!(
         "{report_header}set -euo pipefail\n{}\n",
-        shell(&[
-            lossbench.clone(),
-            "report".into(),
-            options.experiment.display().to_string(),
-            "--results".into(),
-            options.results.display().to_string(),
-            "--out".into(),
-            options.report_out.display().to_string(),
-        ])
+        shell(&final_command(&lossbench, options))
     );
     let submit = "#!/usr/bin/env bash
 # Submit the array, then the report job to run after every task of it has ended.
@@ -296,12 +331,7 @@ pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
                     "containers": [{
                         "name": "report",
                         "image": k8s.image,
-                        "command": [
-                            "lossbench", "report",
-                            options.experiment.display().to_string(),
-                            "--results", options.results.display().to_string(),
-                            "--out", options.report_out.display().to_string()
-                        ],
+                        "command": final_command("lossbench", options),
                         "volumeMounts": mounts
                     }]
                 }

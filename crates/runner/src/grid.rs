@@ -3,46 +3,168 @@
 //! a cluster, whatever is already on disk. `lossbench plan` prints it; `run --index` and
 //! `run --shard` pick from it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use lossbench_experiment::{
-    Experiment, RunDir, RunManifest, RunStatus, read_metrics, sha256_hex, shared_settings,
+    Experiment, HEAD_LR_SCALE, RunDir, RunManifest, RunStatus, experiment_dir, read_metrics,
+    sha256_hex, shared_settings,
 };
 use lossbench_head::ResolvedParams;
 use lossbench_registry::resolve_params;
 use serde::Serialize;
+
+use crate::sweep::{
+    Point, SweepRecord, choice_for_run, params_at, point_label, points, sweep_root,
+};
 
 /// One run of the grid.
 #[derive(Debug, Clone)]
 pub struct GridRun {
     /// Position in the full grid (0-based), independent of filters and of the disk.
     pub index: usize,
+    /// The registered loss.
     pub loss: String,
+    /// The run's folder under the grid's root: the loss, or `loss@point` in a sweep.
+    pub dir: String,
     pub params: ResolvedParams,
+    /// A swept head learning-rate factor, replacing `training.head_lr_scale`.
+    pub head_lr_scale: Option<f64>,
     pub seed: u64,
     pub epochs: u32,
 }
 
-/// Every run of `experiment` in grid order; `epochs` overrides every loss's count.
+impl GridRun {
+    /// The experiment this run trains: `experiment` with the run's own head learning rate.
+    #[must_use]
+    pub fn experiment<'a>(&self, experiment: &'a Experiment) -> Cow<'a, Experiment> {
+        match self.head_lr_scale {
+            Some(scale) if scale != experiment.training.head_lr_scale => {
+                let mut e = experiment.clone();
+                e.training.head_lr_scale = scale;
+                Cow::Owned(e)
+            }
+            _ => Cow::Borrowed(experiment),
+        }
+    }
+}
+
+/// The experiment's runs, or its sweep's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GridKind {
+    #[default]
+    Main,
+    /// Every point of every loss's sweep × the sweep seeds (`lossbench sweep`).
+    Sweep,
+}
+
+/// The grid of `kind` and the folder its runs live in. The main grid of an experiment that
+/// sweeps trains each swept loss at the point `sweep.json` chose.
+pub fn experiment_grid(
+    experiment: &Experiment,
+    path: &Path,
+    epochs: Option<u32>,
+    results: &Path,
+    kind: GridKind,
+) -> Result<(Vec<GridRun>, PathBuf)> {
+    Ok(match kind {
+        GridKind::Main => {
+            let tuned = choice_for_run(experiment, results)?;
+            (
+                grid_at(experiment, path, epochs, tuned.as_ref())?,
+                experiment_dir(results, &experiment.name),
+            )
+        }
+        GridKind::Sweep => (
+            sweep_grid(experiment, path, epochs)?,
+            sweep_root(results, experiment),
+        ),
+    })
+}
+
+/// Every run of `experiment` (without sweeps) in grid order; `epochs` overrides every loss's
+/// count.
 pub fn grid(experiment: &Experiment, path: &Path, epochs: Option<u32>) -> Result<Vec<GridRun>> {
+    grid_at(experiment, path, epochs, None)
+}
+
+fn check_epochs(epochs: Option<u32>) -> Result<()> {
     if epochs == Some(0) {
         bail!("--epochs 0 is invalid: must be at least 1");
     }
+    Ok(())
+}
+
+/// The main grid, swept losses at `tuned`'s chosen points.
+fn grid_at(
+    experiment: &Experiment,
+    path: &Path,
+    epochs: Option<u32>,
+    tuned: Option<&SweepRecord>,
+) -> Result<Vec<GridRun>> {
+    check_epochs(epochs)?;
     let mut runs = Vec::new();
     for entry in &experiment.losses {
-        let params = resolve_params(&entry.name, &entry.params)
+        let point = match tuned.and_then(|t| t.chosen(&entry.name)) {
+            Some(p) => p.clone(),
+            None if entry.sweep.is_empty() => Point::new(),
+            None => bail!(
+                "{}: `{}` is swept: run `lossbench sweep` first",
+                path.display(),
+                entry.name
+            ),
+        };
+        let params = resolve_params(&entry.name, &params_at(entry, &point))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for &seed in &experiment.seeds {
             runs.push(GridRun {
                 index: runs.len(),
                 loss: entry.name.clone(),
+                dir: entry.name.clone(),
                 params: params.clone(),
+                head_lr_scale: point.get(HEAD_LR_SCALE).copied(),
                 seed,
                 epochs: epochs.unwrap_or_else(|| experiment.epochs_for(&entry.name)),
             });
+        }
+    }
+    Ok(runs)
+}
+
+/// The sweep grid: losses as listed, each point of its sweep (see [`points`]), each sweep
+/// seed; `sweep.epochs` epochs (or `epochs`).
+pub fn sweep_grid(
+    experiment: &Experiment,
+    path: &Path,
+    epochs: Option<u32>,
+) -> Result<Vec<GridRun>> {
+    check_epochs(epochs)?;
+    let Some(settings) = &experiment.sweep else {
+        bail!(
+            "{} has no [sweep] table (and no loss with `sweep` values)",
+            path.display()
+        );
+    };
+    let mut runs = Vec::new();
+    for entry in &experiment.losses {
+        for point in points(entry) {
+            let params = resolve_params(&entry.name, &params_at(entry, &point)).map_err(|e| {
+                anyhow::anyhow!("{}: sweep of `{}`: {e}", path.display(), entry.name)
+            })?;
+            for &seed in &settings.seeds {
+                runs.push(GridRun {
+                    index: runs.len(),
+                    loss: entry.name.clone(),
+                    dir: point_label(&entry.name, &point),
+                    params: params.clone(),
+                    head_lr_scale: point.get(HEAD_LR_SCALE).copied(),
+                    seed,
+                    epochs: epochs.unwrap_or(settings.epochs),
+                });
+            }
         }
     }
     Ok(runs)
@@ -67,6 +189,10 @@ pub fn grid_hash(experiment: &Experiment, runs: &[GridRun]) -> String {
             "{} {} {:?} {} {}\n",
             r.index, r.loss, params, r.seed, r.epochs
         ));
+        // Only where set, so grids from before these settings keep their fingerprint.
+        if r.dir != r.loss || r.head_lr_scale.is_some() {
+            text.push_str(&format!("  {} {:?}\n", r.dir, r.head_lr_scale));
+        }
     }
     sha256_hex(&[text.as_bytes()])[..16].to_string()
 }
@@ -179,7 +305,7 @@ pub struct PlanRow {
 pub fn plan_rows(runs: &[GridRun], root: &Path) -> Vec<PlanRow> {
     runs.iter()
         .map(|r| {
-            let dir = RunDir::new(root, &r.loss, r.seed);
+            let dir = RunDir::new(root, &r.dir, r.seed);
             let status = if !dir.manifest().exists() {
                 PlanStatus::Pending
             } else {
@@ -194,7 +320,7 @@ pub fn plan_rows(runs: &[GridRun], root: &Path) -> Vec<PlanRow> {
             };
             PlanRow {
                 index: r.index,
-                loss: r.loss.clone(),
+                loss: r.dir.clone(),
                 seed: r.seed,
                 epochs: r.epochs,
                 status,
@@ -284,6 +410,8 @@ mod tests {
                 .map(|i| GridRun {
                     index: i,
                     loss: "softmax".into(),
+                    dir: "softmax".into(),
+                    head_lr_scale: None,
                     params: ResolvedParams::resolve("softmax", &[], &serde_json::Map::new())
                         .expect("no parameters"),
                     seed: i as u64,

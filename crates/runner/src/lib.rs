@@ -12,11 +12,18 @@ pub mod progress;
 pub mod retrieval;
 pub mod schedule;
 pub mod sgd;
+pub mod sweep;
 pub mod train;
 pub mod verify;
 
-pub use backend::{Backend, BackendChoice, probe_wgpu};
-pub use grid::{GridRun, PlanRow, PlanStatus, Selection, grid, grid_hash, plan_rows, plan_table};
+pub use backend::{
+    BACKEND_NAMES, Backend, BackendChoice, Precision, Unavailable, configure_gpu_runtime,
+    list_devices, probe_wgpu,
+};
+pub use grid::{
+    GridKind, GridRun, PlanRow, PlanStatus, Selection, experiment_grid, grid, grid_hash, plan_rows,
+    plan_table, sweep_grid,
+};
 pub use lock::RunLock;
 pub use plan::{RunOptions, RunReport, format_duration, load_data, run_experiment};
 pub use progress::Progress;

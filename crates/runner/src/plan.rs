@@ -10,15 +10,18 @@ use anyhow::{Context, Result, bail};
 use lossbench_data::{ChannelStats, Kind, Split, fetch, load, split_validation, synth};
 use lossbench_experiment::{
     CopyOutcome, DataSetName, Experiment, RunDir, RunIdentity, RunManifest, RunStatus,
-    claim_experiment_copy, describe, differences, experiment_dir, now_rfc3339, read_metrics,
-    sha256_hex,
+    claim_experiment_copy, describe, differences, now_rfc3339, read_metrics, sha256_hex,
 };
 
-use crate::backend::{Backend, BackendChoice};
-use crate::grid::{GridRun, Selection, grid, grid_hash};
+use crate::backend::{Backend, BackendChoice, Precision};
+use crate::grid::{GridKind, GridRun, Selection, experiment_grid, grid_hash};
 use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::train::{Data, Ending, RunSpec, start, train};
+
+/// Training steps between two read-backs of the loss and accuracy on a GPU: each read
+/// drains the device's queue, so reading every step would keep the GPU waiting for the host.
+const GPU_SYNC_EVERY: usize = 25;
 
 /// The burn version every crate is built against (checked against `Cargo.toml` in tests).
 pub const BURN_VERSION: &str = "0.22.1";
@@ -31,6 +34,8 @@ pub struct RunOptions {
     /// Only these seeds (all when empty).
     pub seeds: Vec<u64>,
     pub backend: BackendChoice,
+    /// Which device of the backend (`--device`).
+    pub device: usize,
     /// Overrides every loss's epoch count.
     pub epochs: Option<u32>,
     /// Overrides `data.dir`.
@@ -50,6 +55,8 @@ pub struct RunOptions {
     pub expect_grid: Option<String>,
     /// Set by SIGTERM / SIGUSR1: the current run stops after its step, no further run starts.
     pub stop: Arc<AtomicBool>,
+    /// The experiment's runs, or its sweep runs.
+    pub kind: GridKind,
 }
 
 /// The end state of each run.
@@ -224,7 +231,7 @@ fn preflight(
     options: &RunOptions,
 ) -> Result<()> {
     for p in planned {
-        let run = RunDir::new(root, &p.loss, p.seed);
+        let run = RunDir::new(root, &p.dir, p.seed);
         if !run.manifest().exists() {
             continue;
         }
@@ -247,7 +254,7 @@ fn preflight(
                 run.path.display()
             );
         };
-        let wanted = identity(p, experiment, data);
+        let wanted = identity(p, &p.experiment(experiment), data);
         if recorded_identity.hash != wanted.hash {
             let diffs = differences(&recorded_identity.values, &wanted.values);
             bail!(
@@ -296,7 +303,13 @@ pub fn run_experiment(
             );
         }
     }
-    let full = grid(&experiment, path, options.epochs)?;
+    let (full, root) = experiment_grid(
+        &experiment,
+        path,
+        options.epochs,
+        &options.results,
+        options.kind,
+    )?;
     if let Some(expected) = &options.expect_grid {
         let now = grid_hash(&experiment, &full);
         if &now != expected {
@@ -313,7 +326,6 @@ pub fn run_experiment(
         .filter(|r| options.seeds.is_empty() || options.seeds.contains(&r.seed))
         .collect();
     let planned = options.selection.choose(filtered, grid_len)?;
-    let root = experiment_dir(&options.results, &experiment.name);
     // Fail on an unwritable results folder before any long work (an empty folder is all
     // this writes before the checks below).
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -324,7 +336,8 @@ pub fn run_experiment(
         options.fetch,
         progress,
     )?;
-    let backend = options.backend.resolve()?;
+    let precision: Precision = experiment.training.precision.parse()?;
+    let backend = options.backend.resolve(options.device, precision)?;
     // Nothing is written before every existing run and the experiment copy agree.
     preflight(&experiment, &planned, &root, &data, &backend, options)?;
     if claim_experiment_copy(&root, &experiment)? == CopyOutcome::Extended {
@@ -366,8 +379,8 @@ pub fn run_experiment(
         if options.stop.load(Ordering::Relaxed) {
             break;
         }
-        let run = RunDir::new(&root, &p.loss, p.seed);
-        let label = format!("[{} seed {}]", p.loss, p.seed);
+        let run = RunDir::new(&root, &p.dir, p.seed);
+        let label = format!("[{} seed {}]", p.dir, p.seed);
         let (status, detail) = match RunLock::acquire(&run) {
             // Another process owns this run: report it and leave its files alone.
             Err(e) => {
@@ -395,7 +408,7 @@ pub fn run_experiment(
             },
         };
         reports.push(RunReport {
-            loss: p.loss.clone(),
+            loss: p.dir.clone(),
             seed: p.seed,
             status,
             detail,
@@ -448,6 +461,9 @@ fn execute(
             _ => {}
         }
     }
+    // The run's own head learning rate (a sweep point) replaces the experiment's.
+    let effective = p.experiment(experiment);
+    let experiment = &*effective;
     let device = backend.device.clone().autodiff();
     let spec = RunSpec {
         experiment,
@@ -459,6 +475,11 @@ fn execute(
         device: &device,
         backend: backend.name,
         stop: &options.stop,
+        sync_every: if backend.deterministic {
+            1
+        } else {
+            GPU_SYNC_EVERY
+        },
         label: label.to_string(),
     };
     let begin = start(&spec, data, options.resume, progress)?;

@@ -64,13 +64,13 @@ impl Progress {
         self.bar = Some(bar);
     }
 
-    /// A training batch finished.
-    pub fn batch(&self, mean_loss: f64, top1: f64, images_per_second: f64) {
+    /// Training read back after `done` batches of the epoch.
+    pub fn batch(&self, mean_loss: f64, top1: f64, images_per_second: f64, done: usize) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
                 "loss {mean_loss:.4} acc {top1:.3} {images_per_second:.0} img/s"
             ));
-            bar.inc(1);
+            bar.set_position(done as u64);
         }
     }
 

@@ -69,6 +69,8 @@ mod tests {
             nesterov: false,
             warmup_epochs,
             schedule,
+            precision: "f32".into(),
+            head_lr_scale: 1.0,
         }
     }
 

@@ -33,14 +33,30 @@ impl SgdState {
         lr: f64,
         config: SgdConfig,
     ) -> M {
+        self.step_part(module, grads, lr, config, &mut 0)
+    }
+
+    /// [`step`](Self::step) for one part of a larger module stepped part by part (each at
+    /// its own learning rate): its parameters are numbered from `*next` on, and `*next` is
+    /// advanced past them, so the momentum buffers line up with a whole-module step.
+    pub fn step_part<M: Module>(
+        &mut self,
+        module: M,
+        grads: &Gradients,
+        lr: f64,
+        config: SgdConfig,
+        next: &mut usize,
+    ) -> M {
         let mut step = SgdStep {
             grads,
             lr,
             config,
             state: self,
-            index: 0,
+            index: *next,
         };
-        module.map(&mut step)
+        let module = module.map(&mut step);
+        *next = step.index;
+        module
     }
 }
 

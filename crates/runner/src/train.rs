@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use lossbench_data::{Batch, Batcher, ChannelStats, DataSet};
+use lossbench_data::{AugmentSpec, Batch, Batcher, ChannelStats, DataSet};
 use lossbench_experiment::{EpochRecord, Experiment, RunDir, read_metrics, write_metrics};
-use lossbench_head::{HeadDims, Labels, ResolvedParams};
-use lossbench_model::{Arch, ResNet, ResNetConfig};
-use lossbench_registry::{AnyHead, init_head};
+use lossbench_head::{DEFAULT_INIT_STD, HeadDims, Labels, ResolvedParams};
+use lossbench_model::{Arch, Neck, ResNet, ResNetConfig};
+use lossbench_registry::{AnyHead, init_head_std};
 
 use crate::checkpoint::{self, PartialEpoch};
 use crate::progress::Progress;
@@ -17,10 +17,12 @@ use crate::retrieval::{Retrieval, l2_normalise, retrieval};
 use crate::schedule::LrSchedule;
 use crate::sgd::{SgdConfig, SgdState};
 
-/// Backbone and loss head, trained together.
+/// Backbone, optional embedding neck and loss head, trained together.
 #[derive(Module, Debug)]
 pub struct Net {
     pub backbone: ResNet,
+    /// `[model] embedding`: BN → linear → BN between the pooled features and the head.
+    pub neck: Option<Neck>,
     pub head: AnyHead,
 }
 
@@ -51,12 +53,60 @@ impl Net {
     ) -> Result<Self> {
         let config = backbone_config(experiment)?;
         let backbone = config.init(seed, device)?;
+        let neck = experiment
+            .model
+            .embedding
+            .map(|e| Neck::init(config.feature_dim(), e.dim, seed, device));
         let dims = HeadDims {
             num_classes,
-            feature_dim: config.feature_dim(),
+            feature_dim: experiment
+                .model
+                .embedding
+                .map_or(config.feature_dim(), |e| e.dim),
         };
-        let head = init_head(loss, params, dims, seed, device)?;
-        Ok(Self { backbone, head })
+        let std = experiment
+            .model
+            .head_init
+            .map_or(DEFAULT_INIT_STD, |h| h.std);
+        let head = init_head_std(loss, params, dims, seed, std, device)?;
+        Ok(Self {
+            backbone,
+            neck,
+            head,
+        })
+    }
+
+    /// One SGD step; the head's parameters at `lr × head_lr_scale`.
+    #[must_use]
+    pub fn sgd_step(
+        self,
+        sgd: &mut SgdState,
+        grads: &burn::tensor::Gradients,
+        lr: f64,
+        head_lr_scale: f64,
+        config: SgdConfig,
+    ) -> Self {
+        // The fields in declaration order, as `Module::map` visits them.
+        let mut next = 0;
+        let backbone = sgd.step_part(self.backbone, grads, lr, config, &mut next);
+        let neck = self
+            .neck
+            .map(|n| sgd.step_part(n, grads, lr, config, &mut next));
+        let head = sgd.step_part(self.head, grads, lr * head_lr_scale, config, &mut next);
+        Self {
+            backbone,
+            neck,
+            head,
+        }
+    }
+
+    /// The embedding the head sees: `[batch, dim]`.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let pooled = self.backbone.forward_features(images);
+        match &self.neck {
+            Some(neck) => neck.forward(pooled),
+            None => pooled,
+        }
     }
 }
 
@@ -88,6 +138,10 @@ pub struct RunSpec<'a> {
     pub backend: &'a str,
     /// Set by a signal handler (pre-emption): stop after the current step.
     pub stop: &'a AtomicBool,
+    /// Read the training loss and accuracy back from the device every this many steps (1 on
+    /// a CPU backend, where reading costs nothing; more on a GPU, where each read drains
+    /// the queue).
+    pub sync_every: usize,
     pub label: String,
 }
 
@@ -181,16 +235,6 @@ fn upload(batch: &Batch, num_classes: usize, device: &Device) -> Result<(Tensor<
     Ok((images, labels))
 }
 
-fn host_matrix(t: Tensor<2>) -> (Vec<f32>, usize) {
-    let [_, cols] = t.dims();
-    (
-        t.into_data()
-            .try_into_vec_as::<f32>()
-            .expect("float tensor data converts to f32"),
-        cols,
-    )
-}
-
 /// Correct top-1 and top-k predictions of `logits` (row-major, `classes` per row), as
 /// `argmax`/`topk` users expect: a target logit that is not finite is never a hit, and a
 /// class tied with the target ranks before it when its index is lower.
@@ -212,6 +256,86 @@ fn correct_topk(logits: &[f32], classes: usize, labels: &[i64], k: usize) -> (us
         topk += usize::from(rank < k);
     }
     (top1, topk)
+}
+
+/// Correct top-1 predictions of a batch, counted on the device by the rule of
+/// [`correct_topk`] (ties to the lower index, a non-finite target never a hit, a NaN elsewhere
+/// outranks the target): `[1]`.
+fn correct_top1(logits: Tensor<2>, labels: &Labels) -> Tensor<1, Int> {
+    let [batch, classes] = logits.dims();
+    let target = logits.clone().gather(1, labels.column()); // [batch, 1]
+    let wide = target.clone().expand([batch, classes]);
+    let columns = Tensor::<1, Int>::arange(0..classes as i64, &logits.device())
+        .reshape([1, classes])
+        .expand([batch, classes]);
+    let below_target = columns.lower(labels.column().expand([batch, classes]));
+    let outranks = logits
+        .clone()
+        .greater(wide.clone())
+        .bool_or(logits.clone().is_nan())
+        .bool_or(logits.equal(wide).bool_and(below_target));
+    let first = outranks.int().sum_dim(1).equal_elem(0); // [batch, 1]
+    first.bool_and(target.is_finite()).int().sum()
+}
+
+/// Per-step training losses and hits not yet read back from the device.
+#[derive(Default)]
+struct Pending {
+    losses: Vec<Tensor<1>>,
+    hits: Vec<Tensor<1, Int>>,
+    sizes: Vec<usize>,
+    first_step: u64,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.sizes.len()
+    }
+
+    fn push(&mut self, loss: Tensor<1>, hits: Tensor<1, Int>, size: usize, step: u64) {
+        if self.sizes.is_empty() {
+            self.first_step = step;
+        }
+        self.losses.push(loss);
+        self.hits.push(hits);
+        self.sizes.push(size);
+    }
+
+    /// Read every pending step back in one transfer and add it to the epoch's sums, in step
+    /// order (the same float64 sums as reading each step at once). The first step whose loss
+    /// is not finite is an error: `(step, loss)`.
+    fn read_back(
+        &mut self,
+        loss_sum: &mut f64,
+        correct: &mut usize,
+        seen: &mut usize,
+    ) -> Result<(), (u64, f32)> {
+        if self.sizes.is_empty() {
+            return Ok(());
+        }
+        let data = burn::tensor::Transaction::default()
+            .register(Tensor::cat(std::mem::take(&mut self.losses), 0))
+            .register(Tensor::cat(std::mem::take(&mut self.hits), 0))
+            .execute();
+        let losses = data[0]
+            .clone()
+            .try_into_vec_as::<f32>()
+            .expect("float tensor data converts to f32");
+        let hits = data[1]
+            .clone()
+            .try_into_vec_as::<i64>()
+            .expect("int tensor data converts to i64");
+        let sizes = std::mem::take(&mut self.sizes);
+        for (i, ((&value, &hit), &size)) in losses.iter().zip(&hits).zip(&sizes).enumerate() {
+            if !value.is_finite() {
+                return Err((self.first_step + i as u64, value));
+            }
+            *loss_sum += f64::from(value) * size as f64;
+            *correct += hit as usize;
+            *seen += size;
+        }
+        Ok(())
+    }
 }
 
 /// Sums of the angle to the own class weight and to the nearest other one, in degrees.
@@ -262,14 +386,21 @@ fn evaluate(
     let mut labels = Vec::new();
     for batch in batcher.iter() {
         let (images, batch_labels) = upload(&batch, classes, device)?;
-        let features = net.backbone.forward_features(images); // [batch, dim]
-        let loss: f64 = net
-            .head
-            .loss(features.clone(), &batch_labels, iteration)
-            .into_scalar::<f32>()
-            .into();
-        let (logits, _) = host_matrix(net.head.logits(features.clone()));
-        let (cosines, _) = host_matrix(net.head.class_cosines(features.clone()));
+        let features = net.features(images); // [batch, dim]
+        // One transfer per batch: the loss, the logits and the class cosines together.
+        let read = burn::tensor::Transaction::default()
+            .register(net.head.loss(features.clone(), &batch_labels, iteration))
+            .register(net.head.logits(features.clone()))
+            .register(net.head.class_cosines(features.clone()))
+            .execute();
+        let host = |i: usize| -> Vec<f32> {
+            read[i]
+                .clone()
+                .try_into_vec_as::<f32>()
+                .expect("float tensor data converts to f32")
+        };
+        let loss = f64::from(host(0)[0]);
+        let (logits, cosines) = (host(1), host(2));
         if with_retrieval {
             embeddings.push(l2_normalise(features)); // [batch, dim], stays on the device
             labels.extend_from_slice(&batch.labels);
@@ -329,13 +460,19 @@ pub fn train(
 
     for epoch in first..spec.epochs {
         let started = Instant::now();
+        let a = spec.experiment.data.augment;
         let batcher = Batcher::train(
             &data.train,
             data.stats,
             t.batch_size,
             spec.seed,
             u64::from(epoch),
-        );
+        )
+        .with_augment(AugmentSpec {
+            crop: a.crop,
+            flip: a.flip,
+            rotation_deg: a.rotation,
+        });
         progress.start_epoch(&spec.label, epoch + 1, spec.epochs, batcher.len());
         // A run stopped mid-epoch continues with the next batch and the epoch's sums so far.
         let resumed = partial.take();
@@ -346,6 +483,9 @@ pub fn train(
                 (p.loss_sum, p.correct, p.seen, p.lr)
             });
         let mut next = (first_batch < batcher.len()).then(|| batcher.batch(first_batch));
+        // Losses and hits stay on the device until `pending` is read back: every
+        // `spec.sync_every` steps, before a checkpoint and at the end of the epoch.
+        let mut pending = Pending::default();
         for b in first_batch..batcher.len() {
             let batch = next.take().context("batch prefetch")?;
             // Build the next batch on another thread while this step runs. The step itself
@@ -353,45 +493,46 @@ pub fn train(
             let (step, prefetched) = std::thread::scope(|scope| {
                 let prefetch =
                     scope.spawn(|| (b + 1 < batcher.len()).then(|| batcher.batch(b + 1)));
-                let step = (|| -> Result<(Net, f64, usize, Option<u64>)> {
+                let step = (|| -> Result<Net> {
                     let (images, labels) = upload(&batch, classes, device)?;
-                    let features = net.backbone.forward_features(images); // [batch, dim]
+                    let features = net.features(images); // [batch, dim]
                     let loss = net.head.loss(features.clone(), &labels, iteration);
-                    let value: f32 = loss.clone().into_scalar();
-                    if !value.is_finite() {
-                        return Ok((net.clone(), f64::from(value), 0, Some(iteration)));
-                    }
-                    let (logits, _) = host_matrix(net.head.logits(features.detach()));
-                    let (c1, _) = correct_topk(&logits, classes, &batch.labels, 1);
+                    let hits = correct_top1(net.head.logits(features.detach()), &labels);
+                    pending.push(loss.clone().detach(), hits, batch.len(), iteration);
                     let grads = loss.backward();
                     lr = schedule.at(iteration);
-                    let updated = sgd.step(net.clone(), &grads, lr, sgd_config);
-                    Ok((updated, f64::from(value), c1, None))
+                    Ok(net
+                        .clone()
+                        .sgd_step(&mut sgd, &grads, lr, t.head_lr_scale, sgd_config))
                 })();
                 (step, prefetch.join())
             });
             let prefetched =
                 prefetched.map_err(|_| anyhow::anyhow!("the batch-preparation thread panicked"))?;
-            let (updated, value, c1, diverged) = step?;
-            if let Some(step) = diverged {
-                progress.line(&format!(
-                    "{}: loss is {value} at step {step}: diverged, stopping this run",
-                    spec.label
-                ));
-                return Ok(Ending::Diverged { step });
-            }
-            net = updated;
+            net = step?;
             next = prefetched;
             iteration += 1;
-            loss_sum += value * batch.len() as f64;
-            correct += c1;
-            seen += batch.len();
-            progress.batch(
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                seen as f64 / started.elapsed().as_secs_f64(),
-            );
-            if spec.stop.load(Ordering::Relaxed) {
+            let stop = spec.stop.load(Ordering::Relaxed);
+            if stop || pending.len() >= spec.sync_every.max(1) || b + 1 == batcher.len() {
+                // A non-finite loss is found here, at its exact step; the steps queued after
+                // it only changed a network that is now discarded.
+                if let Err((step, value)) =
+                    pending.read_back(&mut loss_sum, &mut correct, &mut seen)
+                {
+                    progress.line(&format!(
+                        "{}: loss is {value} at step {step}: diverged, stopping this run",
+                        spec.label
+                    ));
+                    return Ok(Ending::Diverged { step });
+                }
+                progress.batch(
+                    loss_sum / seen.max(1) as f64,
+                    correct as f64 / seen.max(1) as f64,
+                    seen as f64 / started.elapsed().as_secs_f64(),
+                    b + 1,
+                );
+            }
+            if stop {
                 let at = PartialEpoch {
                     batches_done: b + 1,
                     loss_sum,
@@ -516,6 +657,174 @@ mod tests {
         }
         assert_eq!(correct_topk(&[1.0, f32::NAN, 0.0], 3, &[0], 1), (0, 0));
         assert_eq!(correct_topk(&[1.0, f32::NAN, 0.0], 3, &[0], 2), (0, 1));
+    }
+
+    fn experiment(model: &str) -> Experiment {
+        let text = format!(
+            r#"name = "x"
+seeds = [0]
+[data]
+set = "cifar100"
+dir = "d"
+[model]
+arch = "resnet18"
+width = 0.0625
+{model}
+[training]
+epochs = 1
+batch_size = 4
+lr = 0.1
+schedule = {{ kind = "constant" }}
+[[losses]]
+name = "normface"
+"#
+        );
+        Experiment::parse(&text, std::path::Path::new("x.toml")).expect("valid")
+    }
+
+    fn net(model: &str, device: &Device) -> Net {
+        let e = experiment(model);
+        let params =
+            lossbench_registry::resolve_params("normface", &serde_json::Map::new()).expect("ok");
+        Net::init(&e, "normface", &params, 5, 3, device).expect("net")
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().expect("f32")
+    }
+
+    fn std_of(v: &[f32]) -> f64 {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        (v.iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt()
+    }
+
+    fn images(device: &Device) -> Tensor<4> {
+        let v: Vec<f32> = (0..6 * 3 * 32 * 32)
+            .map(|i| ((i * 7919 % 255) as f32 / 127.0) - 1.0)
+            .collect();
+        Tensor::from_data(TensorData::new(v, [6, 3, 32, 32]), device)
+    }
+
+    #[test]
+    fn head_init_sets_the_scale_of_the_class_weights() {
+        let device = Device::flex();
+        // 5 classes × 32 features: the sample std is within ~15 % of the true one.
+        let default = std_of(&values(net("", &device).head.weight()));
+        assert!((default / 0.01 - 1.0).abs() < 0.15, "{default}");
+        let wide = std_of(&values(
+            net("head_init = { std = 1.0 }", &device).head.weight(),
+        ));
+        assert!((wide - 1.0).abs() < 0.15, "{wide}");
+        // The same draws scaled: the backbone and the direction of each class are unchanged.
+        let a = values(net("", &device).head.weight());
+        let b = values(net("head_init = { std = 1.0 }", &device).head.weight());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x * 100.0 - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} {y}");
+        }
+    }
+
+    #[test]
+    fn the_neck_gives_the_head_a_centred_linear_embedding() {
+        let device = Device::flex().autodiff();
+        let plain = net("", &device);
+        let pooled = values(plain.features(images(&device)));
+        assert!(
+            pooled.iter().all(|&v| v >= 0.0),
+            "pooled features are post-ReLU"
+        );
+        let necked = net("embedding = { dim = 16 }", &device);
+        assert_eq!(necked.head.weight().dims(), [5, 16]);
+        let embedding = necked.features(images(&device));
+        assert_eq!(embedding.dims(), [6, 16]);
+        // Training-mode batch norm: every column has mean 0 over the batch.
+        let means = values(embedding.clone().mean_dim(0));
+        assert!(means.iter().all(|m| m.abs() < 1e-4), "{means:?}");
+        assert!(values(embedding).iter().any(|&v| v < 0.0));
+    }
+
+    #[test]
+    fn the_head_learns_at_its_own_rate() {
+        let device = Device::flex().autodiff();
+        let config = SgdConfig {
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
+        let step = |scale: f64| {
+            let net = net("embedding = { dim = 8 }", &device);
+            let labels = Labels::new(&[0, 1, 2, 3, 4, 0], 5, &device).expect("labels");
+            let loss = net.head.loss(net.features(images(&device)), &labels, 0);
+            let grads = loss.backward();
+            let before = (values(net.head.weight()), first_backbone_weight(&net));
+            let after = net.sgd_step(&mut SgdState::default(), &grads, 0.1, scale, config);
+            let head: Vec<f32> = values(after.head.weight())
+                .iter()
+                .zip(&before.0)
+                .map(|(a, b)| a - b)
+                .collect();
+            let body: Vec<f32> = first_backbone_weight(&after)
+                .iter()
+                .zip(&before.1)
+                .map(|(a, b)| a - b)
+                .collect();
+            (head, body)
+        };
+        let (head1, body1) = step(1.0);
+        let (head10, body10) = step(10.0);
+        assert_eq!(
+            body1, body10,
+            "the backbone's step does not depend on the head's rate"
+        );
+        assert!(head1.iter().any(|d| d.abs() > 1e-6));
+        for (a, b) in head1.iter().zip(&head10) {
+            assert!((a * 10.0 - b).abs() <= 1e-4 * b.abs().max(1e-3), "{a} {b}");
+        }
+    }
+
+    fn first_backbone_weight(net: &Net) -> Vec<f32> {
+        use burn::module::{ModuleVisitor, Param};
+        struct First(Option<Vec<f32>>);
+        impl ModuleVisitor for First {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                if self.0.is_none() {
+                    self.0 = Some(values(p.val().inner()));
+                }
+            }
+        }
+        let mut first = First(None);
+        net.backbone.visit(&mut first);
+        first.0.expect("a parameter")
+    }
+
+    #[test]
+    fn top1_on_the_device_counts_as_the_host_rule() {
+        let device = Device::flex();
+        let rows: [[f32; 3]; 8] = [
+            [0.1, 0.9, 0.0],
+            [0.5, 0.5, 0.2],
+            [0.5, 0.5, 0.2],
+            [f32::NAN, 0.0, -1.0],
+            [1.0, f32::NAN, 0.0],
+            [f32::INFINITY, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+        ];
+        let labels = [1, 0, 1, 0, 0, 0, 0, 2];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let want = correct_topk(&flat, 3, &labels, 1).0;
+        let logits = Tensor::<2>::from_data(TensorData::new(flat, [8, 3]), &device);
+        let got = correct_top1(logits, &Labels::new(&labels, 3, &device).expect("labels"));
+        assert_eq!(values_i64(got), [want as i64]);
+        assert_eq!(want, 3);
+    }
+
+    fn values_i64(t: Tensor<1, Int>) -> Vec<i64> {
+        t.into_data().try_into_vec_as::<i64>().expect("i64")
     }
 
     #[test]

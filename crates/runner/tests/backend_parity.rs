@@ -159,3 +159,61 @@ fn a_tiny_run_completes_on_wgpu() {
         1
     );
 }
+
+/// Every registered loss trained for a few steps on flex and on wgpu (fusion and autotune
+/// on, as every GPU run): the per-epoch training loss, test loss and test accuracy must
+/// agree. A fused or autotuned kernel that computes something else makes a loss drift away
+/// from flex within a few SGD steps, and this fails.
+#[test]
+#[ignore = "slow: trains every loss on wgpu"]
+fn every_loss_trains_alike_on_flex_and_wgpu() {
+    if wgpu_device().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let names: Vec<&str> = LOSSES.iter().map(|s| s.name).collect();
+    let exp = common::tiny_experiment(dir.path(), &names, &[0], 2, 0.05);
+    let train = |backend, results: &str| {
+        let options = lossbench_runner::RunOptions {
+            backend,
+            results: dir.path().join(results),
+            ..Default::default()
+        };
+        let reports = lossbench_runner::run_experiment(
+            &exp,
+            &options,
+            &mut lossbench_runner::Progress::quiet(),
+        )
+        .expect("run");
+        for r in &reports {
+            assert_eq!(
+                r.status,
+                lossbench_experiment::RunStatus::Completed,
+                "{results} {}: {}",
+                r.loss,
+                r.detail
+            );
+        }
+    };
+    train(lossbench_runner::BackendChoice::Flex, "flex");
+    train(lossbench_runner::BackendChoice::Wgpu, "wgpu");
+    for name in names {
+        let cpu = common::metrics(&dir.path().join("flex"), name, 0);
+        let gpu = common::metrics(&dir.path().join("wgpu"), name, 0);
+        assert_eq!(cpu.len(), gpu.len(), "{name}");
+        for (c, g) in cpu.iter().zip(&gpu) {
+            // Two epochs of SGD on different reduction orders: close, not equal.
+            let close = |what: &str, a: f64, b: f64, tol: f64| {
+                assert!(
+                    (a - b).abs() <= tol * a.abs().max(1.0),
+                    "{name} epoch {} {what}: flex {a}, wgpu {b}",
+                    c.epoch
+                );
+            };
+            close("train loss", c.train_loss, g.train_loss, 2e-2);
+            close("test loss", c.test_loss, g.test_loss, 5e-2);
+            // 16 test images: one flipped prediction moves accuracy by 1/16.
+            close("test top-1", c.test_top1, g.test_top1, 0.13);
+        }
+    }
+}

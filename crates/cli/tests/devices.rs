@@ -1,0 +1,210 @@
+//! Backends and devices with the real binary: `lossbench devices`, a backend or device this
+//! machine lacks (a one-line error, exit code 2), a precision a backend cannot compute in,
+//! and `run --devices` (one process per run, the same results as one process).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use lossbench_experiment::{RunDir, read_metrics};
+
+fn lossbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lossbench"))
+        .args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .expect("run lossbench")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code 2 and one error line, the last (progress lines such as "generating the
+/// synthetic data set" may come before it: the data is read before any device is opened).
+fn assert_unavailable(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "not one error line: {err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(needle),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Metrics without the wall-clock columns.
+fn metrics(root: &Path, loss: &str, seed: u64) -> Vec<lossbench_experiment::EpochRecord> {
+    read_metrics(&RunDir::new(root, loss, seed))
+        .expect("metrics")
+        .into_iter()
+        .map(|mut r| {
+            r.epoch_seconds = 0.0;
+            r.images_per_second = 0.0;
+            r
+        })
+        .collect()
+}
+
+fn experiment(dir: &Path, extra_training: &str) -> std::path::PathBuf {
+    let exp = dir.join("e.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"name = "e"
+seeds = [0, 1]
+[data]
+set = "cifar100"
+dir = "{}"
+synthetic = {{ classes = 4, train_per_class = 6, test_per_class = 2, seed = 2 }}
+[model]
+arch = "resnet18"
+width = 0.0625
+[training]
+epochs = 1
+batch_size = 8
+lr = 0.1
+schedule = {{ kind = "constant" }}
+{extra_training}
+[[losses]]
+name = "softmax"
+[[losses]]
+name = "normface"
+params = {{ s = 8.0 }}
+"#,
+            dir.join("data").display()
+        ),
+    )
+    .expect("write");
+    exp
+}
+
+#[test]
+fn devices_lists_the_cpu_backends_and_explains_missing_ones() {
+    let out = lossbench(&["devices"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("flex ")), "{text}");
+    // On a machine without an NVIDIA driver, CUDA is listed with the reason.
+    assert!(text.lines().any(|l| l.starts_with("cuda ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("wgpu ")), "{text}");
+}
+
+#[test]
+fn a_missing_backend_or_device_is_exit_code_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path(), "");
+    let exp = exp.to_str().expect("utf-8");
+    let results = dir.path().join("results");
+    let results = results.to_str().expect("utf-8");
+    let has_cuda = String::from_utf8_lossy(&lossbench(&["devices"]).stdout)
+        .lines()
+        .any(|l| l.starts_with("cuda ") && l.contains("GPU"));
+    if !has_cuda {
+        assert_unavailable(
+            &lossbench(&["run", exp, "--backend", "cuda", "--results", results]),
+            "--backend cuda: ",
+        );
+    }
+    assert_unavailable(
+        &lossbench(&[
+            "run",
+            exp,
+            "--backend",
+            "flex",
+            "--device",
+            "3",
+            "--results",
+            results,
+        ]),
+        "--device 3: flex has one device (0)",
+    );
+    // Nothing was trained by the refused commands.
+    assert!(
+        !RunDir::new(&dir.path().join("results/e"), "softmax", 0)
+            .manifest()
+            .exists()
+    );
+}
+
+#[test]
+fn an_unknown_precision_is_refused_when_the_file_is_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path(), "precision = \"fp8\"");
+    let out = lossbench(&["run", exp.to_str().expect("utf-8"), "--backend", "flex"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("training.precision = \"fp8\" is invalid: must be one of f32, bf16, f16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_on_several_devices_gives_the_results_of_one_process() {
+    // flex has one device; `--devices 0` still runs every run in its own child process, in
+    // grid order, and must give bit-identical metrics to a plain run.
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = experiment(dir.path(), "");
+    let exp = exp.to_str().expect("utf-8");
+    let one = dir.path().join("one");
+    let many = dir.path().join("many");
+    let plain = lossbench(&[
+        "run",
+        exp,
+        "--backend",
+        "flex",
+        "--results",
+        one.to_str().expect("utf-8"),
+    ]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let spread = lossbench(&[
+        "run",
+        exp,
+        "--backend",
+        "flex",
+        "--devices",
+        "0",
+        "--results",
+        many.to_str().expect("utf-8"),
+    ]);
+    let log = stderr(&spread);
+    assert!(spread.status.success(), "{log}");
+    assert!(
+        log.contains("[device 0] softmax seed 0 (index 0) started"),
+        "{log}"
+    );
+    for (loss, seed) in [
+        ("softmax", 0),
+        ("softmax", 1),
+        ("normface", 0),
+        ("normface", 1),
+    ] {
+        let a = metrics(&one.join("e"), loss, seed);
+        let b = metrics(&many.join("e"), loss, seed);
+        assert_eq!(a.len(), 1);
+        assert!(
+            lossbench_experiment::same_rows(&a, &b),
+            "{loss} seed {seed} differs"
+        );
+    }
+    // A second call finds everything done and trains nothing.
+    let again = lossbench(&[
+        "run",
+        exp,
+        "--backend",
+        "flex",
+        "--devices",
+        "0",
+        "--results",
+        many.to_str().expect("utf-8"),
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already completed"),
+        "{}",
+        stderr(&again)
+    );
+}

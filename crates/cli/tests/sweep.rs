@@ -1,0 +1,172 @@
+//! `lossbench sweep` end to end with the real binary: the sweep runs (planned, trained,
+//! resumable), the choice in sweep.json, `run` at the chosen point, and the report's tuning
+//! section.
+
+use std::process::{Command, Output};
+
+use lossbench_experiment::{RunDir, RunManifest, SweepRecord, read_metrics};
+
+fn lossbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lossbench"))
+        .args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .expect("run lossbench")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const EXPERIMENT: &str = r#"name = "tune"
+seeds = [0]
+
+[data]
+set = "cifar100"
+dir = "DATA"
+synthetic = { classes = 4, train_per_class = 10, test_per_class = 2, seed = 4 }
+validation = 8
+
+[model]
+arch = "resnet18"
+width = 0.0625
+head_init = { std = 1.0 }
+embedding = { dim = 16 }
+
+[training]
+epochs = 1
+batch_size = 8
+lr = 0.1
+schedule = { kind = "constant" }
+
+[sweep]
+epochs = 1
+seeds = [0]
+metric = "val_top1"
+
+[[losses]]
+name = "softmax"
+
+[[losses]]
+name = "normface"
+params = { s = 16.0 }
+sweep = { s = [4.0, 16.0], head_lr_scale = [1.0, 10.0] }
+"#;
+
+#[test]
+fn sweep_then_run_at_the_chosen_point_then_report() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = dir.path().join("tune.toml");
+    std::fs::write(
+        &exp,
+        EXPERIMENT.replace("DATA", &dir.path().join("data").display().to_string()),
+    )
+    .expect("write");
+    let exp = exp.to_str().expect("utf-8");
+    let results = dir.path().join("results");
+    let res = results.to_str().expect("utf-8");
+
+    // The main grid needs the sweep's choice first.
+    let out = lossbench(&["run", exp, "--backend", "flex", "--results", res]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("run `lossbench sweep` on it first"),
+        "{}",
+        text(&out)
+    );
+
+    // The sweep grid: softmax once, normface at 2 × 2 points.
+    let out = lossbench(&["plan", exp, "--sweep", "--results", res]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = text(&out);
+    for label in [
+        "softmax",
+        "normface@head_lr_scale=1,s=4",
+        "normface@head_lr_scale=10,s=16",
+    ] {
+        assert!(plan.contains(label), "{label} missing:\n{plan}");
+    }
+    assert!(plan.contains("5 runs"), "{plan}");
+
+    // One index on its own (a cluster task) trains only that run and chooses nothing.
+    let out = lossbench(&[
+        "sweep",
+        exp,
+        "--backend",
+        "flex",
+        "--results",
+        res,
+        "--index",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!results.join("tune/sweep.json").exists());
+
+    let out = lossbench(&["sweep", exp, "--backend", "flex", "--results", res]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already completed"), "{}", text(&out));
+    let record = SweepRecord::read_in(&results.join("tune"))
+        .expect("readable")
+        .expect("written");
+    let normface = &record.losses[1];
+    assert_eq!(normface.points.len(), 4);
+    // The choice is the point with the best validation top-1 (the first of equals).
+    let best = normface
+        .points
+        .iter()
+        .filter_map(|p| p.value.map(|v| (p, v)))
+        .fold(
+            None,
+            |best: Option<(&lossbench_experiment::PointResult, f64)>, (p, v)| match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((p, v)),
+            },
+        )
+        .expect("a finite point");
+    assert_eq!(normface.chosen, best.0.point);
+    for p in &normface.points {
+        let label = lossbench_runner::sweep::point_label("normface", &p.point);
+        let records =
+            read_metrics(&RunDir::new(&results.join("tune/sweep"), &label, 0)).expect("metrics");
+        assert_eq!(p.value, records[0].val_top1, "{label}");
+    }
+
+    // The experiment's runs train at the chosen point.
+    let out = lossbench(&["run", exp, "--backend", "flex", "--results", res]);
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest = RunManifest::read(&RunDir::new(&results.join("tune"), "normface", 0).manifest())
+        .expect("run.json");
+    assert_eq!(manifest.params["s"], normface.chosen["s"]);
+    let identity = manifest.identity.expect("identity");
+    let scale = normface.chosen["head_lr_scale"];
+    if scale == 1.0 {
+        assert!(!identity.values.contains_key("training.head_lr_scale"));
+    } else {
+        assert_eq!(
+            identity.values["training.head_lr_scale"],
+            format!("{scale:?}")
+        );
+    }
+
+    let report = dir.path().join("report");
+    let out = lossbench(&[
+        "report",
+        exp,
+        "--results",
+        res,
+        "--out",
+        report.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let html = std::fs::read_to_string(report.join("index.html")).expect("html");
+    assert!(html.contains("id=\"tuning\""), "no tuning table");
+    assert!(report.join("sweep-normface.png").exists());
+    assert!(report.join("sweep-normface.svg").exists());
+    // Equal budgets are not flagged (softmax has nothing to tune).
+    assert!(!html.contains("unequal-budget"));
+}
