@@ -23,8 +23,8 @@ reproduce experiment="experiments/cifar100-resnet50-blog.toml" *args="": build
     {{lossbench}} report {{experiment}}
 
 # The synthetic end-to-end demo: every loss, 2 seeds, report included (under 10 minutes on 2 cores)
-demo results="results" report="reports/demo": build
-    {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}}
+demo results="results" report="reports/demo" *args="": build
+    {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}} {{args}}
     {{lossbench}} report {{results}}/demo --out {{report}}
 
 # Rebuild the report of an experiment from results/ (an experiment file or results/<name>)

@@ -170,3 +170,32 @@ fn sweep_then_run_at_the_chosen_point_then_report() {
     // Equal budgets are not flagged (softmax has nothing to tune).
     assert!(!html.contains("unequal-budget"));
 }
+
+#[test]
+fn the_tuned_cifar_experiment_parses_and_plans() {
+    let exp = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../experiments/cifar100-resnet50-tuned.toml"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let res = dir.path().to_str().expect("utf-8");
+    let out = lossbench(&["plan", exp, "--sweep", "--results", res]);
+    assert!(out.status.success(), "{}", text(&out));
+    // softmax 1, normface 4, sphereface 3, cosface 9, arcface 9, adacos 1, curricularface 9.
+    assert!(text(&out).contains(": 36 runs"), "{}", text(&out));
+    assert!(text(&out).contains("arcface@m=0.35,s=64"), "{}", text(&out));
+    // The protocol's runs wait for the sweep's choice.
+    let out = lossbench(&["plan", exp, "--results", res]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("run `lossbench sweep` on it first"),
+        "{}",
+        text(&out)
+    );
+    for demo in ["demo-tuned.toml", "demo.toml", "cifar100-resnet50.toml"] {
+        let path = format!("{}/../../experiments/{demo}", env!("CARGO_MANIFEST_DIR"));
+        let out = lossbench(&["plan", &path, "--sweep", "--results", res]);
+        let has_sweep = demo == "demo-tuned.toml";
+        assert_eq!(out.status.success(), has_sweep, "{demo}: {}", text(&out));
+    }
+}

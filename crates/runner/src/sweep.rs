@@ -243,9 +243,12 @@ mod tests {
         assert_eq!(point_label("softmax", &Point::new()), "softmax");
     }
 
+    /// `(point label, seed, Some((val_top1, val_loss)) or None for a diverged run)`.
+    type FakeRun<'a> = (&'a str, u64, Option<(f64, f64)>);
+
     /// A sweep's finished runs with known metrics: `(point label, seed) → last val_top1,
     /// val_loss`, or `None` for a diverged run.
-    fn fake_results(root: &Path, runs: &[(&str, u64, Option<(f64, f64)>)]) {
+    fn fake_results(root: &Path, runs: &[FakeRun<'_>]) {
         for &(label, seed, outcome) in runs {
             let dir = RunDir::new(root, label, seed);
             std::fs::create_dir_all(&dir.path).expect("mkdir");
