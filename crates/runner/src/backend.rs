@@ -382,8 +382,8 @@ pub fn kernel_cache_dir() -> std::path::PathBuf {
 
 /// Configure the GPU runtimes once, before any device is opened: cubecl's settings from a
 /// `cubecl.toml` and `CUBECL_*` variables as usual, with the autotune cache in
-/// [`kernel_cache_dir`] unless a `cubecl.toml` names another folder. Autotune itself stays
-/// on at cubecl's level (`CUBECL_AUTOTUNE_LEVEL` changes it; see the README).
+/// [`kernel_cache_dir`] unless a `cubecl.toml` names another folder (used once burn's
+/// `autotune` feature is on; it is off for now, see the README).
 pub fn configure_gpu_runtime() {
     use burn::cubecl::config::cache::CacheConfig;
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};

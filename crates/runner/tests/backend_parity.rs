@@ -210,8 +210,12 @@ fn every_loss_trains_alike_on_flex_and_wgpu() {
                     c.epoch
                 );
             };
-            close("train loss", c.train_loss, g.train_loss, 2e-2);
-            close("test loss", c.test_loss, g.test_loss, 5e-2);
+            // Measured on lavapipe without fusion/autotune: losses at scale s (CurricularFace
+            // ~33, with its adaptive t fed back every step) end up to 2.7 % apart, and
+            // SphereFace's test loss (~35: cos 4θ, λ annealed) 8.7 %. A wrong kernel moves
+            // a head by more (the head test above holds every head to 0.2 %), or diverges.
+            close("train loss", c.train_loss, g.train_loss, 0.05);
+            close("test loss", c.test_loss, g.test_loss, 0.12);
             // 16 test images: one flipped prediction moves accuracy by 1/16.
             close("test top-1", c.test_top1, g.test_top1, 0.13);
         }
