@@ -36,17 +36,20 @@ impl Heatmap {
         (720, 150 + CELL_H * self.rows.len().max(1) as u32)
     }
 
-    /// Light yellow (worst) to dark blue (best).
-    fn colour(&self, value: f64, lo: f64, hi: f64) -> RGBColor {
-        let mut t = if hi > lo {
+    /// Where `value` lies between the worst (0) and the best (1) value of the map.
+    fn goodness(&self, value: f64, lo: f64, hi: f64) -> f64 {
+        let t = if hi > lo {
             (value - lo) / (hi - lo)
         } else {
             1.0
         };
-        if !self.higher_is_better {
-            t = 1.0 - t;
-        }
-        let mix = |a: u8, b: u8| (f64::from(a) + t * (f64::from(b) - f64::from(a))).round() as u8;
+        if self.higher_is_better { t } else { 1.0 - t }
+    }
+
+    /// Light yellow (worst) to dark blue (best).
+    fn colour(goodness: f64) -> RGBColor {
+        let mix =
+            |a: u8, b: u8| (f64::from(a) + goodness * (f64::from(b) - f64::from(a))).round() as u8;
         RGBColor(mix(255, 8), mix(247, 48), mix(188, 107))
     }
 
@@ -70,9 +73,10 @@ impl Heatmap {
             for (c, value) in row.iter().enumerate() {
                 let x0 = left + c as i32 * cell_w;
                 let y0 = top + r as i32 * cell_h;
-                let (fill, text) = match value {
-                    Some(v) => (self.colour(*v, lo, hi), (self.format)(*v)),
-                    None => (RGBColor(200, 200, 200), "diverged".to_string()),
+                let goodness = value.map(|v| self.goodness(v, lo, hi));
+                let (fill, text) = match (value, goodness) {
+                    (Some(v), Some(g)) => (Self::colour(g), (self.format)(*v)),
+                    _ => (RGBColor(200, 200, 200), "diverged".to_string()),
                 };
                 inner
                     .draw(&Rectangle::new(
@@ -80,14 +84,7 @@ impl Heatmap {
                         fill.filled(),
                     ))
                     .map_err(e)?;
-                let dark = value.is_some_and(|v| {
-                    let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
-                    if self.higher_is_better {
-                        t > 0.55
-                    } else {
-                        t < 0.45
-                    }
-                });
+                let dark = goodness.is_some_and(|g| g > 0.55);
                 let ink = if dark { WHITE } else { BLACK };
                 inner
                     .draw(&Text::new(

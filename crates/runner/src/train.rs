@@ -317,12 +317,11 @@ impl Pending {
             .register(Tensor::cat(std::mem::take(&mut self.losses), 0))
             .register(Tensor::cat(std::mem::take(&mut self.hits), 0))
             .execute();
-        let losses = data[0]
-            .clone()
+        let [losses, hits]: [TensorData; 2] = data.try_into().expect("two tensors registered");
+        let losses = losses
             .try_into_vec_as::<f32>()
             .expect("float tensor data converts to f32");
-        let hits = data[1]
-            .clone()
+        let hits = hits
             .try_into_vec_as::<i64>()
             .expect("int tensor data converts to i64");
         let sizes = std::mem::take(&mut self.sizes);
@@ -393,14 +392,16 @@ fn evaluate(
             .register(net.head.logits(features.clone()))
             .register(net.head.class_cosines(features.clone()))
             .execute();
-        let host = |i: usize| -> Vec<f32> {
-            read[i]
-                .clone()
-                .try_into_vec_as::<f32>()
-                .expect("float tensor data converts to f32")
-        };
-        let loss = f64::from(host(0)[0]);
-        let (logits, cosines) = (host(1), host(2));
+        let [loss, logits, cosines]: [Vec<f32>; 3] = read
+            .into_iter()
+            .map(|d| {
+                d.try_into_vec_as::<f32>()
+                    .expect("float tensor data converts to f32")
+            })
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("three tensors registered");
+        let loss = f64::from(loss[0]);
         if with_retrieval {
             embeddings.push(l2_normalise(features)); // [batch, dim], stays on the device
             labels.extend_from_slice(&batch.labels);
