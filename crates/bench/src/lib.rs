@@ -15,9 +15,9 @@ use lossbench_data::{Batcher, ChannelStats, Kind, Split, load, synth};
 use lossbench_head::{HeadDims, Labels};
 use lossbench_model::{Arch, ResNetConfig};
 use lossbench_registry::{LOSSES, init_head, resolve_params};
-use lossbench_runner::BackendChoice;
-use lossbench_runner::sgd::{SgdConfig, SgdState};
-use lossbench_runner::train::Net;
+use lossbench_train::BackendChoice;
+use lossbench_train::Net;
+use lossbench_train::sgd::{SgdConfig, SgdState};
 use serde::{Deserialize, Serialize};
 
 /// What to measure.
@@ -202,7 +202,7 @@ fn train_steps(
         ]
     };
     for choice in backends {
-        let backend = choice.resolve(0, lossbench_runner::Precision::F32)?;
+        let backend = choice.resolve(0, lossbench_train::Precision::F32)?;
         let device = backend.device.clone().autodiff();
         for &(arch, batch) in configs {
             let config = ResNetConfig::new(arch);
@@ -230,10 +230,10 @@ fn train_steps(
             reset_peak_rss();
             // A GPU tunes its kernels during the first steps (autotune) and runs ahead of the
             // host: more warm-up, more repeats, and a sync inside every timed step.
-            let (warmup, repeats) = match (backend.deterministic, quick) {
-                (false, _) => (5, 20),
-                (true, true) => (1, 2),
-                (true, false) => (1, 3),
+            let (warmup, repeats) = match (backend.warms_up(), quick) {
+                (true, _) => (5, 20),
+                (false, true) => (1, 2),
+                (false, false) => (1, 3),
             };
             let (seconds, repeats) = time(warmup, repeats, || {
                 let x = Tensor::<4>::from_data(

@@ -11,11 +11,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lossbench_data::{Kind, fetch, synth};
-use lossbench_runner::export::{self, ExportOptions, K8sOptions, SlurmOptions};
-use lossbench_runner::{
-    BACKEND_NAMES, BackendChoice, GridKind, Unavailable, experiment_grid, grid_hash, plan_rows,
-    plan_table,
-};
+use lossbench_grid::export::{self, ExportOptions, K8sOptions, SlurmOptions};
+use lossbench_grid::{BadInput, GridKind, experiment_grid, grid_hash, plan_rows, plan_table};
+use lossbench_train::{BACKEND_NAMES, BackendChoice, Unavailable};
 use train_commands::RunArgs;
 
 /// Tensors of hundreds of MiB are allocated and freed many times a step. glibc hands every
@@ -38,6 +36,26 @@ fn keep_freed_memory() {
     // SAFETY: mi_option_set stores one integer option; -1 is a documented value
     // ("no purging at all"), and the option is read only when mimalloc purges.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// Without a desktop session (no usable `XDG_RUNTIME_DIR`), Mesa's Vulkan device-selection
+/// layer asks Wayland for the default GPU on every Vulkan instance wgpu creates, and
+/// libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` each
+/// time (six lines for `lossbench devices`). With no session there is no default display GPU
+/// to select, so the layer is turned off (`NODEVICE_SELECT=1`, its own switch) unless the user
+/// asked it for a device (`MESA_VK_DEVICE_SELECT`) or set the switch.
+#[allow(unsafe_code)]
+fn quiet_vulkan_device_selection() {
+    let runtime_dir_usable = std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|d| !d.is_empty() && Path::new(&d).is_dir());
+    let user_chose = ["MESA_VK_DEVICE_SELECT", "NODEVICE_SELECT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !runtime_dir_usable && !user_chose {
+        // SAFETY: called first in `main`, before any other thread exists, so nothing reads
+        // the environment while it changes.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
 }
 
 /// Exit code of a run stopped by SIGTERM / SIGUSR1 (EX_TEMPFAIL: try again).
@@ -205,23 +223,30 @@ enum ExportTarget {
         /// PersistentVolumeClaim holding the data and the results.
         #[arg(long, default_value = "lossbench")]
         claim: String,
-        /// Where the claim is mounted in the pods.
+        /// Where the claim is mounted in the pods. Every path the pods use (experiment file,
+        /// results, report, data) must be under it, or under --claim-path.
         #[arg(long, default_value = "/work")]
-        mount: String,
+        mount: PathBuf,
+        /// Where this machine sees the claim's contents, if not at --mount: paths under it
+        /// are written as the same paths under --mount.
+        #[arg(long)]
+        claim_path: Option<PathBuf>,
         /// Retries of one index before it counts as failed.
         #[arg(long, default_value_t = 3)]
         backoff_limit_per_index: u32,
     },
 }
 
+/// `p` from the current directory.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
 fn export_options(args: ExportArgs, target: &str) -> Result<ExportOptions> {
-    let absolute = |p: &Path| -> Result<PathBuf> {
-        Ok(if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            std::env::current_dir()?.join(p)
-        })
-    };
     let experiment = absolute(&args.experiment)?;
     let name = lossbench_experiment::Experiment::load(&experiment)?.name;
     Ok(ExportOptions {
@@ -239,6 +264,7 @@ fn export_options(args: ExportArgs, target: &str) -> Result<ExportOptions> {
         gpus_per_run: args.gpus_per_run,
         backend: args.backend,
         epochs: args.epochs,
+        data_dir: None,
         kind: if args.sweep {
             GridKind::Sweep
         } else {
@@ -419,7 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out!("{built}");
         }
         Command::Devices => {
-            emit(&lossbench_runner::list_devices().to_string())?;
+            emit(&lossbench_train::list_devices().to_string())?;
         }
         Command::Plan {
             experiment,
@@ -472,6 +498,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     image,
                     claim,
                     mount,
+                    claim_path,
                     backoff_limit_per_index,
                 } => {
                     let options = export_options(common, "k8s")?;
@@ -479,6 +506,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         image,
                         claim,
                         mount,
+                        claim_path: claim_path.map(|p| absolute(&p)).transpose()?,
                         backoff_limit_per_index,
                     };
                     (
@@ -497,7 +525,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::VerifyResults { dir } => {
-            let verification = lossbench_runner::verify_results(&dir)?;
+            let verification = lossbench_grid::verify_results(&dir)?;
             out!("{verification}");
             if !verification.ok() {
                 return Ok(ExitCode::from(1));
@@ -507,20 +535,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code of a request this machine cannot serve (a backend or device it lacks), as for
-/// clap's usage errors.
-const UNAVAILABLE: u8 = 2;
+/// Exit code of bad input ([`BadInput`]) and of a request this machine cannot serve (a
+/// backend or device it lacks), as for clap's usage errors: the same command fails again.
+const REFUSED: u8 = 2;
 
 fn main() -> ExitCode {
+    quiet_vulkan_device_selection();
     keep_freed_memory();
-    lossbench_runner::configure_gpu_runtime();
+    lossbench_train::configure_gpu_runtime();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            if e.downcast_ref::<Unavailable>().is_some() {
-                ExitCode::from(UNAVAILABLE)
+            if e.downcast_ref::<Unavailable>().is_some() || e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(REFUSED)
             } else {
                 ExitCode::from(1)
             }

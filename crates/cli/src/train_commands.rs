@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use lossbench_experiment::{Experiment, RunStatus};
-use lossbench_runner::sweep::{self, SweepRecord};
-use lossbench_runner::{
-    BACKEND_NAMES, BackendChoice, GridKind, Progress, RunOptions, Selection, experiment_grid,
-    grid_hash, run_experiment,
+use lossbench_grid::sweep::{self, SweepRecord};
+use lossbench_grid::{
+    BadInput, GridKind, RunOptions, RunReport, Selection, run_experiment, select,
 };
+use lossbench_train::{BACKEND_NAMES, BackendChoice, Progress};
 
 use crate::{INTERRUPTED, emit, multi_device};
 
@@ -77,57 +77,43 @@ fn install_stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// `lossbench run` (`kind` = main) or the training part of `lossbench sweep`.
-pub fn run(a: RunArgs, kind: GridKind) -> Result<u8> {
-    let stop = install_stop_flag()?;
-    if let Some(devices) = &a.devices {
-        return on_devices(&a, devices, kind, &stop);
-    }
+/// The options of `run` and `sweep` as the grid crate takes them.
+fn run_options(a: &RunArgs, kind: GridKind, stop: &Arc<AtomicBool>) -> Result<RunOptions> {
     let selection = match (&a.index, &a.shard) {
         (Some(i), _) => Selection::index(i, |k| std::env::var(k).ok())?,
         (None, Some(s)) => Selection::shard(s)?,
         (None, None) => Selection::All,
     };
-    let options = RunOptions {
-        losses: a.losses,
-        seeds: a.seeds,
+    Ok(RunOptions {
+        losses: a.losses.clone(),
+        seeds: a.seeds.clone(),
         backend: a.backend.parse::<BackendChoice>()?,
         device: a.device,
         epochs: a.epochs,
-        data_dir: a.data_dir,
-        results: a.results,
+        data_dir: a.data_dir.clone(),
+        results: a.results.clone(),
         // A cluster task reruns the same command after a requeue, and a sweep is rerun until
         // it is complete: both continue.
         resume: a.resume || selection != Selection::All || kind == GridKind::Sweep,
         fetch: a.fetch,
         allow_backend_change: a.allow_backend_change,
         selection,
-        expect_grid: a.expect_grid,
-        stop: Arc::clone(&stop),
+        expect_grid: a.expect_grid.clone(),
+        stop: Arc::clone(stop),
         kind,
-    };
+    })
+}
+
+/// `lossbench run` (`kind` = main) or the training part of `lossbench sweep`.
+pub fn run(a: RunArgs, kind: GridKind) -> Result<u8> {
+    let stop = install_stop_flag()?;
+    let options = run_options(&a, kind, &stop).map_err(BadInput)?;
+    if let Some(devices) = &a.devices {
+        return on_devices(&a, devices, &options, &stop);
+    }
     let mut progress = Progress::auto();
     let reports = run_experiment(&a.experiment, &options, &mut progress)?;
-    let width = reports
-        .iter()
-        .map(|r| r.loss.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mut table = format!(
-        "{:<width$} {:>6}  {:<10} detail\n",
-        "loss", "seed", "status"
-    );
-    for r in &reports {
-        table.push_str(&format!(
-            "{:<width$} {:>6}  {:<10} {}\n",
-            r.loss,
-            r.seed,
-            format!("{:?}", r.status).to_lowercase(),
-            r.detail
-        ));
-    }
-    emit(&table)?;
+    emit(&summary_table(&reports))?;
     // A signal between two runs interrupts no run but still leaves the rest undone.
     if stop.load(Ordering::Relaxed) || reports.iter().any(|r| r.status == RunStatus::Interrupted) {
         eprintln!("interrupted by a signal: rerun the same command with --resume to continue");
@@ -139,26 +125,56 @@ pub fn run(a: RunArgs, kind: GridKind) -> Result<u8> {
         );
         return Ok(1);
     }
+    if reports.iter().any(|r| r.status == RunStatus::Running) {
+        eprintln!(
+            "error: some runs are in use by another lossbench process (see above); rerun with --resume once it has finished"
+        );
+        return Ok(1);
+    }
     Ok(0)
 }
 
+/// One line per run: loss, seed, how it ended (`busy`: another process holds it).
+fn summary_table(reports: &[RunReport]) -> String {
+    let width = reports
+        .iter()
+        .map(|r| r.loss.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut table = format!(
+        "{:<width$} {:>6}  {:<10} detail\n",
+        "loss", "seed", "status"
+    );
+    for r in reports {
+        let status = match r.status {
+            RunStatus::Running => "busy".to_string(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        table.push_str(&format!(
+            "{:<width$} {:>6}  {status:<10} {}\n",
+            r.loss, r.seed, r.detail
+        ));
+    }
+    table
+}
+
 /// `--devices 0,1,…`: one child process per run, at most one per device.
-fn on_devices(a: &RunArgs, devices: &str, kind: GridKind, stop: &AtomicBool) -> Result<u8> {
-    let devices = multi_device::parse_devices(devices)?;
-    let exp = Experiment::load(&a.experiment)?;
-    let (full, _) = experiment_grid(&exp, &a.experiment, a.epochs, &a.results, kind)?;
-    let hash = grid_hash(&exp, &full);
-    let jobs: Vec<_> = full
-        .into_iter()
-        .filter(|r| a.losses.is_empty() || a.losses.contains(&r.loss))
-        .filter(|r| a.seeds.is_empty() || a.seeds.contains(&r.seed))
+fn on_devices(a: &RunArgs, devices: &str, options: &RunOptions, stop: &AtomicBool) -> Result<u8> {
+    let devices = multi_device::parse_devices(devices).map_err(BadInput)?;
+    let exp = Experiment::load(&a.experiment).map_err(|e| BadInput(e.into()))?;
+    let planned = select(&exp, &a.experiment, options).map_err(BadInput)?;
+    let jobs: Vec<_> = planned
+        .runs
+        .iter()
         .map(|r| multi_device::Job {
             index: r.index,
             label: format!("{} seed {}", r.dir, r.seed),
         })
         .collect();
+    let kind = options.kind;
     // Fetch or generate the data once, before the runs read it side by side.
-    lossbench_runner::load_data(&exp, a.data_dir.as_deref(), a.fetch, &Progress::auto())?;
+    lossbench_grid::load_data(&exp, a.data_dir.as_deref(), a.fetch, &Progress::auto())?;
     let mut args: Vec<OsString> = vec![
         match kind {
             GridKind::Main => "run",
@@ -171,7 +187,7 @@ fn on_devices(a: &RunArgs, devices: &str, kind: GridKind, stop: &AtomicBool) -> 
         "--results".into(),
         a.results.clone().into(),
         "--expect-grid".into(),
-        hash.into(),
+        planned.grid_hash.clone().into(),
     ];
     if let Some(e) = a.epochs {
         args.extend(["--epochs".into(), e.to_string().into()]);

@@ -1,13 +1,10 @@
 //! Bad input to the binary: a one-line error and a non-zero exit code, never a panic.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn lossbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(args)
-        .output()
-        .expect("run lossbench")
-}
+use support::{Tiny, command, lossbench, lossbench_with_env, repeated_clause, s};
+
+mod support;
 
 fn probe_text(text: &str) -> Output {
     let dir = tempfile::tempdir().expect("tmp");
@@ -101,13 +98,13 @@ fn run_and_report_reject_bad_files_in_one_line() {
     std::fs::write(&bad, "name = \"x\"\nbogus = 1\n").expect("write");
     assert_one_line_error(
         &lossbench(&["run", bad.to_str().expect("utf-8")]),
-        1,
+        2,
         "bad.toml:",
     );
     let missing = dir.path().join("nope.toml");
     assert_one_line_error(
         &lossbench(&["run", missing.to_str().expect("utf-8")]),
-        1,
+        2,
         "nope.toml",
     );
     let empty = dir.path().join("results-empty");
@@ -160,15 +157,12 @@ fn unwritable_results_folder_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"").expect("write");
-    let exp = dir.path().join("e.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            "name = \"e\"\nseeds = [0]\n[data]\nset = \"cifar100\"\ndir = \"{}\"\nsynthetic = {{ classes = 3, train_per_class = 2, test_per_class = 1 }}\n[model]\narch = \"resnet18\"\nwidth = 0.0625\n[training]\nepochs = 1\nbatch_size = 4\nlr = 0.1\nschedule = {{ kind = \"constant\" }}\n[[losses]]\nname = \"softmax\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("write");
+    let exp = Tiny {
+        synthetic: (3, 2, 1, 0),
+        batch_size: 4,
+        ..Tiny::default()
+    }
+    .write(dir.path(), "e.toml");
     let results = blocker.join("results");
     let out = lossbench(&[
         "run",
@@ -184,7 +178,7 @@ fn unwritable_results_folder_is_a_clear_error() {
 #[test]
 fn a_closed_output_pipe_is_not_a_panic() {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lossbench"))
+    let mut child = command()
         .arg("losses")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -202,4 +196,100 @@ fn a_closed_output_pipe_is_not_a_panic() {
         .expect("read");
     assert!(!err.contains("panicked"), "{err}");
     assert!(status.success(), "{status:?}: {err}");
+}
+
+/// Every documented bad input, each a one-line error that says no clause twice (a message
+/// that repeats its source reads `x: No such file (os error 2): No such file (os error 2)`).
+#[test]
+fn no_error_message_says_a_clause_twice() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let exp = Tiny {
+        seeds: &[0, 1],
+        ..Tiny::default()
+    }
+    .write(d, "e.toml");
+    let bad_key = d.join("bad-key.toml");
+    std::fs::write(&bad_key, "name = \"x\"\nbogus = 1\n").expect("write");
+    let bad_type = d.join("bad-type.toml");
+    let text = std::fs::read_to_string(&exp).expect("read");
+    std::fs::write(&bad_type, text.replace("epochs = 1", "epochs = \"one\"")).expect("write");
+    let no_data = d.join("no-data.toml");
+    std::fs::write(
+        &no_data,
+        text.replace(
+            "synthetic = { classes = 4, train_per_class = 8, test_per_class = 2, seed = 1 }\n",
+            "",
+        )
+        .replace(
+            &d.join("data").display().to_string(),
+            &d.join("missing").display().to_string(),
+        ),
+    )
+    .expect("write");
+    let probe = d.join("probe.json");
+    std::fs::write(&probe, "{\"loss\": \"arcface\", \"features\": [[1, 0]]").expect("write");
+    let nope = d.join("nope.toml");
+    let results = d.join("results");
+    let flex = ["--backend", "flex", "--results", s(&results)];
+    let with = |head: &[&str]| -> Vec<String> {
+        head.iter().chain(&flex).map(|w| (*w).to_string()).collect()
+    };
+    let cases: Vec<Vec<String>> = vec![
+        with(&["run", s(&nope)]),
+        with(&["run", s(&bad_key)]),
+        with(&["run", s(&bad_type)]),
+        with(&["run", s(&no_data)]),
+        with(&["run", s(&exp), "--loss", "arcfase"]),
+        with(&["run", s(&exp), "--seed", "7"]),
+        with(&["run", s(&exp), "--index", "9"]),
+        with(&["run", s(&exp), "--shard", "3/2"]),
+        with(&["run", s(&exp), "--device", "3"]),
+        with(&["sweep", s(&exp)]),
+        vec!["plan".into(), s(&nope).into()],
+        vec!["report".into(), s(&nope).into()],
+        vec!["report".into(), s(d).into()],
+        vec!["verify-results".into(), s(&nope).into()],
+        vec!["data".into(), "verify".into(), s(d).into()],
+        vec!["probe".into(), "--input".into(), s(&probe).into()],
+        vec!["probe".into(), "--input".into(), s(&nope).into()],
+        vec![
+            "export".into(),
+            "k8s".into(),
+            s(&exp).into(),
+            "--image".into(),
+            "lossbench:1".into(),
+            "--out".into(),
+            s(&d.join("jobs")).into(),
+        ],
+    ];
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = lossbench_with_env(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if let Some(twice) = repeated_clause(errors[0]) {
+            panic!("{args:?} says `{twice}` twice: {}", errors[0]);
+        }
+    }
+    assert!(
+        !results.join("e").join("softmax").exists(),
+        "nothing trained"
+    );
+}
+
+#[test]
+fn the_clause_check_finds_a_repeated_source() {
+    let doubled = "error: nope.toml: No such file or directory (os error 2): No such file or directory (os error 2)";
+    assert_eq!(
+        repeated_clause(doubled).as_deref(),
+        Some("No such file or directory")
+    );
+    assert_eq!(
+        repeated_clause("error: cannot read nope.toml: No such file or directory (os error 2)"),
+        None
+    );
 }

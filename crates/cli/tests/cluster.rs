@@ -2,67 +2,31 @@
 //! Slurm and Kubernetes exporters (structure; the real Slurm run is scripts/slurm-check.sh).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use lossbench_experiment::{RunDir, read_metrics};
+use support::{Tiny, lossbench_with_env as lossbench, s, text};
 
-const EXPERIMENT: &str = r#"name = "grid"
-seeds = [0, 1]
+mod support;
 
-[data]
-set = "cifar100"
-dir = "DATA"
-synthetic = { classes = 4, train_per_class = 8, test_per_class = 2, seed = 1 }
-
-[model]
-arch = "resnet18"
-width = 0.0625
-
-[training]
-epochs = 1
-batch_size = 16
-lr = 0.1
-schedule = { kind = "constant" }
-
-[[losses]]
-name = "softmax"
-
-[[losses]]
-name = "cosface"
-params = { s = 8.0, m = 0.2 }
-"#;
+/// Two losses × two seeds, one epoch each.
+fn grid_experiment() -> Tiny {
+    Tiny {
+        name: "grid",
+        seeds: &[0, 1],
+        losses: &[
+            ("softmax", ""),
+            ("cosface", "params = { s = 8.0, m = 0.2 }"),
+        ],
+        ..Tiny::default()
+    }
+}
 
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let exp = dir.join("grid.toml");
-    std::fs::write(
-        &exp,
-        EXPERIMENT.replace("DATA", &dir.join("data").display().to_string()),
+    (
+        grid_experiment().write(dir, "grid.toml"),
+        dir.join("results"),
     )
-    .expect("write");
-    (exp, dir.join("results"))
-}
-
-fn lossbench(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lossbench"));
-    cmd.args(args)
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run lossbench")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
 }
 
 fn trained(results: &Path) -> Vec<(String, u64)> {
@@ -226,7 +190,8 @@ fn bad_indices_and_a_changed_grid_are_one_line_errors() {
     ] {
         let out = run(extra, env);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        // Bad input: the same task can only fail again (a Job's podFailurePolicy reads it).
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
         assert_eq!(lines.len(), 1, "{extra:?}: {err}");
         assert!(
@@ -345,6 +310,10 @@ fn k8s_export_is_an_indexed_job_with_gpus_and_a_volume() {
             "registry.example/lossbench:1",
             "--claim",
             "cifar",
+            "--claim-path",
+            s(dir.path()),
+            "--report-out",
+            s(&dir.path().join("reports")),
         ],
         &[],
     );
@@ -376,15 +345,151 @@ fn k8s_export_is_an_indexed_job_with_gpus_and_a_volume() {
         .iter()
         .map(|w| w.as_str().expect("word"))
         .collect();
+    // This machine's copy of the claim (--claim-path) is /work in the pods: every path of the
+    // command is the same path under the mount.
     assert_eq!(
         &command[..5],
-        ["lossbench", "run", s(&exp), "--index", "auto"]
+        ["lossbench", "run", "/work/grid.toml", "--index", "auto"]
     );
+    let after = |flag: &str| {
+        let at = command.iter().position(|w| *w == flag).expect(flag);
+        command[at + 1]
+    };
+    assert_eq!(after("--results"), "/work/results");
+    assert_eq!(after("--data-dir"), "/work/data");
+    assert_eq!(container["workingDir"], "/work");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("report-job.json")).expect("report"))
             .expect("report parses");
-    assert_eq!(
-        report["spec"]["template"]["spec"]["containers"][0]["command"][1],
-        "report"
+    let report_command = &report["spec"]["template"]["spec"]["containers"][0]["command"];
+    assert_eq!(report_command[1], "report");
+    assert_eq!(report_command[2], "/work/grid.toml");
+}
+
+fn k8s_export(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let (exp, results) = setup(dir);
+    let out_dir = dir.join("k8s");
+    let reports = dir.join("reports");
+    let mut args = vec![
+        "export",
+        "k8s",
+        s(&exp),
+        "--results",
+        s(&results),
+        "--report-out",
+        s(&reports),
+        "--out",
+        s(&out_dir),
+        "--image",
+        "lossbench:1",
+    ];
+    args.extend_from_slice(extra);
+    lossbench(&args, &[])
+}
+
+#[test]
+fn k8s_export_refuses_paths_a_pod_cannot_see() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The experiment and the results are in a temporary folder, the claim at /work.
+    let out = k8s_export(dir.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&format!(
+            "the experiment file {} is not under the claim's mount /work",
+            s(&dir.path().join("grid.toml"))
+        )),
+        "{err}"
     );
+    assert!(!dir.path().join("k8s").exists(), "nothing written");
+    // The data folder counts too: under the claim's local copy, the rest of the paths are
+    // fine, the data is not.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let text = std::fs::read_to_string(dir.path().join("grid.toml")).expect("read");
+    std::fs::write(
+        dir.path().join("grid.toml"),
+        text.replace(
+            s(&dir.path().join("data")),
+            s(&elsewhere.path().join("data")),
+        ),
+    )
+    .expect("write");
+    let out = lossbench(
+        &[
+            "export",
+            "k8s",
+            s(&dir.path().join("grid.toml")),
+            "--results",
+            s(&dir.path().join("results")),
+            "--out",
+            s(&dir.path().join("k8s")),
+            "--image",
+            "lossbench:1",
+            "--claim-path",
+            s(dir.path()),
+            "--report-out",
+            s(&dir.path().join("reports")),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the data folder") && err.contains("is not under --claim-path"),
+        "{err}"
+    );
+    assert!(!dir.path().join("k8s").exists(), "nothing written");
+}
+
+#[test]
+fn k8s_export_retries_interruptions_for_free_and_fails_bad_input_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = k8s_export(dir.path(), &["--mount", s(dir.path())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("k8s/job.json")).expect("job"))
+            .expect("job parses");
+    let rules = job["spec"]["podFailurePolicy"]["rules"]
+        .as_array()
+        .expect("podFailurePolicy.rules");
+    let action_for_exit = |code: u64| {
+        rules
+            .iter()
+            .find(|r| {
+                r["onExitCodes"]["operator"] == "In"
+                    && r["onExitCodes"]["containerName"] == "run"
+                    && r["onExitCodes"]["values"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|c| c.as_u64() == Some(code)))
+            })
+            .map(|r| r["action"].clone())
+    };
+    // SIGTERM → checkpoint → exit 75: retried without spending the index's backoff.
+    assert_eq!(action_for_exit(75), Some("Ignore".into()));
+    // Bad input (exit 2): the same command can only fail again.
+    assert_eq!(action_for_exit(2), Some("FailIndex".into()));
+    // A failed run (exit 1) spends one retry of backoffLimitPerIndex, as without a policy.
+    assert_eq!(action_for_exit(1), None);
+    let disrupted = rules.iter().find(|r| {
+        r["onPodConditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))
+    });
+    assert_eq!(
+        disrupted.map(|r| r["action"].clone()),
+        Some("Ignore".into())
+    );
+    // Kubernetes accepts a podFailurePolicy only with restartPolicy Never, and FailIndex only
+    // with backoffLimitPerIndex.
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert!(job["spec"]["backoffLimitPerIndex"].as_u64().is_some());
+    // The exit codes the policy names are the binary's: bad input is 2 ...
+    let (exp, results) = (dir.path().join("grid.toml"), dir.path().join("results"));
+    let out = lossbench(
+        &["run", s(&exp), "--index", "99", "--results", s(&results)],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -5,42 +5,29 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lossbench_experiment::{EpochRecord, RunDir, RunManifest, RunStatus, read_metrics};
+use lossbench_experiment::{EpochRecord, RunDir, RunManifest, RunStatus};
+use support::{Tiny, command, metrics};
 
+mod support;
+
+/// One CosFace run of 5 epochs, long enough to be killed in the middle of one.
 fn experiment(dir: &Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"name = "crash"
-seeds = [0]
-
-[data]
-set = "cifar100"
-dir = "{}"
-synthetic = {{ classes = 5, train_per_class = 120, test_per_class = 10, seed = 2 }}
-
-[model]
-arch = "resnet18"
-width = 0.0625
-
-[training]
-epochs = 5
-batch_size = 20
-lr = 0.05
-warmup_epochs = 1
-schedule = {{ kind = "cosine" }}
-
-[[losses]]
-name = "cosface"
-params = {{ s = 8.0, m = 0.2 }}
-"#,
-        dir.join("data").display()
-    );
-    let path = dir.join("crash.toml");
-    std::fs::write(&path, text).expect("write");
-    path
+    Tiny {
+        name: "crash",
+        synthetic: (5, 120, 10, 2),
+        epochs: 5,
+        batch_size: 20,
+        lr: 0.05,
+        schedule: "{ kind = \"cosine\" }",
+        training: "warmup_epochs = 1".into(),
+        losses: &[("cosface", "params = { s = 8.0, m = 0.2 }")],
+        ..Tiny::default()
+    }
+    .write(dir, "crash.toml")
 }
 
 fn run(exp: &Path, results: &Path, resume: bool) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lossbench"));
+    let mut cmd = command();
     cmd.args([
         "run",
         exp.to_str().expect("utf-8"),
@@ -59,15 +46,7 @@ fn run(exp: &Path, results: &Path, resume: bool) -> std::process::Child {
 }
 
 fn rows(results: &Path) -> Vec<EpochRecord> {
-    read_metrics(&RunDir::new(&results.join("crash"), "cosface", 0))
-        .expect("metrics must always be readable")
-        .into_iter()
-        .map(|mut r| {
-            r.epoch_seconds = 0.0;
-            r.images_per_second = 0.0;
-            r
-        })
-        .collect()
+    metrics(&results.join("crash"), "cosface", 0)
 }
 
 #[test]
@@ -148,7 +127,7 @@ fn a_second_process_on_the_same_run_refuses() {
         assert!(started.elapsed() < Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lossbench"))
+    let out = command()
         .args([
             "run",
             exp.to_str().expect("utf-8"),
@@ -168,6 +147,12 @@ fn a_second_process_on_the_same_run_refuses() {
         stdout.contains("in use by another lossbench process"),
         "{stdout}"
     );
+    // The summary table says the run is busy elsewhere, not that it failed.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("cosface"))
+        .unwrap_or_default();
+    assert!(row.contains(" busy "), "{stdout}");
 }
 
 #[test]

@@ -3,22 +3,12 @@
 //! and `run --devices` (one process per run, the same results as one process).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use lossbench_experiment::{RunDir, read_metrics};
+use lossbench_experiment::RunDir;
+use support::{Tiny, lossbench, metrics, stderr};
 
-fn lossbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(args)
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .output()
-        .expect("run lossbench")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod support;
 
 /// Exit code 2 and one error line, the last (progress lines such as "generating the
 /// synthetic data set" may come before it: the data is read before any device is opened).
@@ -35,50 +25,16 @@ fn assert_unavailable(out: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Metrics without the wall-clock columns.
-fn metrics(root: &Path, loss: &str, seed: u64) -> Vec<lossbench_experiment::EpochRecord> {
-    read_metrics(&RunDir::new(root, loss, seed))
-        .expect("metrics")
-        .into_iter()
-        .map(|mut r| {
-            r.epoch_seconds = 0.0;
-            r.images_per_second = 0.0;
-            r
-        })
-        .collect()
-}
-
 fn experiment(dir: &Path, extra_training: &str) -> std::path::PathBuf {
-    let exp = dir.join("e.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            r#"name = "e"
-seeds = [0, 1]
-[data]
-set = "cifar100"
-dir = "{}"
-synthetic = {{ classes = 4, train_per_class = 6, test_per_class = 2, seed = 2 }}
-[model]
-arch = "resnet18"
-width = 0.0625
-[training]
-epochs = 1
-batch_size = 8
-lr = 0.1
-schedule = {{ kind = "constant" }}
-{extra_training}
-[[losses]]
-name = "softmax"
-[[losses]]
-name = "normface"
-params = {{ s = 8.0 }}
-"#,
-            dir.join("data").display()
-        ),
-    )
-    .expect("write");
-    exp
+    Tiny {
+        seeds: &[0, 1],
+        synthetic: (4, 6, 2, 2),
+        batch_size: 8,
+        training: extra_training.to_string(),
+        losses: &[("softmax", ""), ("normface", "params = { s = 8.0 }")],
+        ..Tiny::default()
+    }
+    .write(dir, "e.toml")
 }
 
 #[test]
@@ -90,6 +46,26 @@ fn devices_lists_the_cpu_backends_and_explains_missing_ones() {
     // On a machine without an NVIDIA driver, CUDA is listed with the reason.
     assert!(text.lines().any(|l| l.starts_with("cuda ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("wgpu ")), "{text}");
+}
+
+/// On a machine without a desktop session, probing wgpu must not print libwayland's
+/// complaint once per Vulkan instance (it did, six times).
+#[test]
+fn devices_without_a_desktop_session_prints_no_wayland_noise() {
+    let out = support::command()
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .output()
+        .expect("run lossbench");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("XDG_RUNTIME_DIR"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -135,7 +111,7 @@ fn an_unknown_precision_is_refused_when_the_file_is_read() {
     let exp = experiment(dir.path(), "precision = \"fp8\"");
     let out = lossbench(&["run", exp.to_str().expect("utf-8"), "--backend", "flex"]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("training.precision = \"fp8\" is invalid: must be one of f32, bf16, f16"),
         "{err}"

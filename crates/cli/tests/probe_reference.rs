@@ -1,19 +1,15 @@
 //! `lossbench probe` against an independent float64 implementation of the guide's formulas
 //! (plain Rust, no burn), with gradients by central differences of that implementation.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
+
+mod support;
 
 fn probe(input: &Value) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("in.json");
     std::fs::write(&path, input.to_string()).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(["probe", "--input"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = support::lossbench(&["probe", "--input", support::s(&path)]);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),

@@ -7,45 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use lossbench_experiment::{RunDir, RunManifest, RunStatus, read_metrics};
+use support::{Tiny, lossbench};
 
-const EXPERIMENT: &str = r#"name = "integrity"
-seeds = [0]
+mod support;
 
-[data]
-set = "cifar100"
-dir = "DATA"
-synthetic = { classes = 4, train_per_class = 12, test_per_class = 4, seed = 1 }
-
-[model]
-arch = "resnet18"
-width = 0.0625
-
-[training]
-epochs = 2
-batch_size = 16
-lr = 0.1
-schedule = { kind = "cosine" }
-
-[[losses]]
-name = "softmax"
-
-[[losses]]
-name = "cosface"
-params = { s = 8.0, m = 0.2 }
-"#;
-
-fn write_experiment(dir: &Path, file: &str, text: &str) -> PathBuf {
-    let path = dir.join(file);
-    let text = text.replace("DATA", &dir.join("data").display().to_string());
-    std::fs::write(&path, text).expect("write experiment");
-    path
-}
-
-fn lossbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(args)
-        .output()
-        .expect("run lossbench")
+/// Two losses, one seed, two epochs.
+fn integrity() -> Tiny {
+    Tiny {
+        name: "integrity",
+        synthetic: (4, 12, 4, 1),
+        epochs: 2,
+        schedule: "{ kind = \"cosine\" }",
+        losses: &[
+            ("softmax", ""),
+            ("cosface", "params = { s = 8.0, m = 0.2 }"),
+        ],
+        ..Tiny::default()
+    }
 }
 
 fn run(exp: &Path, results: &Path, extra: &[&str]) -> Output {
@@ -59,9 +37,10 @@ fn run(exp: &Path, results: &Path, extra: &[&str]) -> Output {
     lossbench(&args)
 }
 
+/// A refusal before anything is written: one error line, exit code 2 (bad input).
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(lines.len(), 1, "one error line: {err}");
     for needle in needles {
@@ -98,7 +77,7 @@ fn succeeded(out: &Output) {
 #[test]
 fn a_run_is_never_continued_under_another_recipe_or_experiment() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = write_experiment(dir.path(), "e.toml", EXPERIMENT);
+    let exp = integrity().write(dir.path(), "e.toml");
     let results = dir.path().join("results");
     succeeded(&run(
         &exp,
@@ -115,11 +94,11 @@ fn a_run_is_never_continued_under_another_recipe_or_experiment() {
     assert_eq!(identity.hash.len(), 64);
 
     // Another lr and more epochs, resumed into the same results: refused, nothing written.
-    let changed = write_experiment(
-        dir.path(),
-        "lr.toml",
-        &EXPERIMENT.replace("lr = 0.1", "lr = 0.05"),
-    );
+    let changed = Tiny {
+        lr: 0.05,
+        ..integrity()
+    }
+    .write(dir.path(), "lr.toml");
     let out = run(
         &changed,
         &results,
@@ -185,7 +164,7 @@ fn a_run_is_never_continued_under_another_recipe_or_experiment() {
 #[test]
 fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = write_experiment(dir.path(), "e.toml", EXPERIMENT);
+    let exp = integrity().write(dir.path(), "e.toml");
     let results = dir.path().join("results");
     succeeded(&run(
         &exp,
@@ -240,7 +219,7 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
 #[test]
 fn verify_results_names_damaged_files() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = write_experiment(dir.path(), "e.toml", EXPERIMENT);
+    let exp = integrity().write(dir.path(), "e.toml");
     let results = dir.path().join("results");
     succeeded(&run(&exp, &results, &["--backend", "flex"]));
     let root = results.join("integrity");
@@ -294,7 +273,7 @@ fn verify_results_names_damaged_files() {
 #[test]
 fn a_full_disk_fails_the_run_and_keeps_the_previous_epoch() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = write_experiment(dir.path(), "e.toml", EXPERIMENT);
+    let exp = integrity().write(dir.path(), "e.toml");
     // Size the disk from a real run: one checkpoint fits, two do not.
     let reference = dir.path().join("reference");
     succeeded(&run(

@@ -2,78 +2,42 @@
 //! resumable), the choice in sweep.json, `run` at the chosen point, and the report's tuning
 //! section.
 
-use std::process::{Command, Output};
-
 use lossbench_experiment::{RunDir, RunManifest, SweepRecord, read_metrics};
+use support::{Tiny, lossbench, text};
 
-fn lossbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossbench"))
-        .args(args)
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .output()
-        .expect("run lossbench")
+mod support;
+
+/// softmax, and NormFace swept over s and the head's learning rate on a validation split.
+fn tune_experiment() -> Tiny {
+    Tiny {
+        name: "tune",
+        synthetic: (4, 10, 2, 4),
+        data: "validation = 8",
+        model: "head_init = { std = 1.0 }\nembedding = { dim = 16 }",
+        batch_size: 8,
+        tables: "[sweep]\nepochs = 1\nseeds = [0]\nmetric = \"val_top1\"",
+        losses: &[
+            ("softmax", ""),
+            (
+                "normface",
+                "params = { s = 16.0 }\nsweep = { s = [4.0, 16.0], head_lr_scale = [1.0, 10.0] }",
+            ),
+        ],
+        ..Tiny::default()
+    }
 }
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-const EXPERIMENT: &str = r#"name = "tune"
-seeds = [0]
-
-[data]
-set = "cifar100"
-dir = "DATA"
-synthetic = { classes = 4, train_per_class = 10, test_per_class = 2, seed = 4 }
-validation = 8
-
-[model]
-arch = "resnet18"
-width = 0.0625
-head_init = { std = 1.0 }
-embedding = { dim = 16 }
-
-[training]
-epochs = 1
-batch_size = 8
-lr = 0.1
-schedule = { kind = "constant" }
-
-[sweep]
-epochs = 1
-seeds = [0]
-metric = "val_top1"
-
-[[losses]]
-name = "softmax"
-
-[[losses]]
-name = "normface"
-params = { s = 16.0 }
-sweep = { s = [4.0, 16.0], head_lr_scale = [1.0, 10.0] }
-"#;
 
 #[test]
 fn sweep_then_run_at_the_chosen_point_then_report() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = dir.path().join("tune.toml");
-    std::fs::write(
-        &exp,
-        EXPERIMENT.replace("DATA", &dir.path().join("data").display().to_string()),
-    )
-    .expect("write");
+    let exp = tune_experiment().write(dir.path(), "tune.toml");
     let exp = exp.to_str().expect("utf-8");
     let results = dir.path().join("results");
     let res = results.to_str().expect("utf-8");
 
     // The main grid needs the sweep's choice first.
     let out = lossbench(&["run", exp, "--backend", "flex", "--results", res]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("run `lossbench sweep` on it first"),
         "{}",
@@ -130,7 +94,7 @@ fn sweep_then_run_at_the_chosen_point_then_report() {
         .expect("a finite point");
     assert_eq!(normface.chosen, best.0.point);
     for p in &normface.points {
-        let label = lossbench_runner::sweep::point_label("normface", &p.point);
+        let label = lossbench_grid::sweep::point_label("normface", &p.point);
         let records =
             read_metrics(&RunDir::new(&results.join("tune/sweep"), &label, 0)).expect("metrics");
         assert_eq!(p.value, records[0].val_top1, "{label}");

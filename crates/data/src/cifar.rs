@@ -157,7 +157,7 @@ fn read_file(
         },
         _ => DataError::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         },
     })?;
     let record = kind.record_bytes();

@@ -5,10 +5,12 @@ use thiserror::Error;
 /// A data set that cannot be used, with the file and, for content errors, the byte offset.
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    /// The I/O error is part of the message, not a `source`: a chain printed with `{:#}`
+    /// would say it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: missing; {hint}")]
     Missing { path: PathBuf, hint: String },
@@ -59,6 +61,6 @@ pub enum DataError {
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { path, source }
+        move |cause| Self::Io { path, cause }
     }
 }

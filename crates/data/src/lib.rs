@@ -1,6 +1,6 @@
-//! CIFAR-10/100 for lossbench: readers of the official binary files, a verified download,
-//! a synthetic data set in the same format, the standard augmentation and a deterministic
-//! batcher.
+//! The data of a run: readers of the official CIFAR-10/100 binary files, a verified download,
+//! a synthetic data set in the same format, loading a source into training / validation / test
+//! splits, the standard augmentation and a deterministic batcher.
 //!
 //! Every random choice is a pure function of `(seed, epoch, image index)` (see
 //! `lossbench-rng`), so every loss, run and thread count sees the same batches.
@@ -10,6 +10,7 @@ mod batcher;
 mod cifar;
 mod error;
 pub mod fetch;
+mod source;
 mod split;
 pub mod synth;
 
@@ -20,4 +21,5 @@ pub use augment::{
 pub use batcher::{Batch, Batcher, epoch_order};
 pub use cifar::{DataSet, Kind, Split, Summary, load, verify};
 pub use error::DataError;
+pub use source::{DataSource, Splits};
 pub use split::split_validation;

@@ -47,7 +47,7 @@ impl SynthManifest {
                 .map(Some)
                 .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DataError::Io { path, source: e }),
+            Err(e) => Err(DataError::Io { path, cause: e }),
         }
     }
 

@@ -12,10 +12,12 @@ pub const ARCHS: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101"];
 /// A config that cannot be used; the message names the file, the key and what is allowed.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    /// The I/O error is part of the message, not a `source`: a chain printed with `{:#}`
+    /// would say it twice.
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
@@ -312,9 +314,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Experiment {
     /// Read and validate an experiment file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }

@@ -1,6 +1,6 @@
 //! Experiment files and everything lossbench writes under `results/`: the config schema and
 //! its validation, the results layout, per-epoch records (polars, Parquet + CSV), run
-//! manifests (`run.json`) and atomic file writes. Shared by the runner (which writes) and the
+//! manifests (`run.json`) and atomic file writes. Shared by training (which writes) and the
 //! report (which reads), without tensors.
 
 mod atomic;

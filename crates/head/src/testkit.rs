@@ -140,7 +140,7 @@ fn finite_difference<H: LossHead>(
     (grad_x, grad_w)
 }
 
-/// Shapes of logits and loss for a head built the way the runner builds it (f32 weights from
+/// Shapes of logits and loss for a head built the way training builds it (f32 weights from
 /// [`init_weight`]).
 pub fn check_shapes<H: LossHead>(params: &ResolvedParams) {
     let device = device().autodiff();

@@ -14,7 +14,7 @@ use lossbench_head::{
 /// functions from one list of `Variant => HeadType`.
 macro_rules! register_losses {
     ($($variant:ident => $head:ty),+ $(,)?) => {
-        /// Any registered loss head, as one burn module the runner can train.
+        /// Any registered loss head, as one burn module a run can train.
         #[derive(Module, Debug)]
         pub enum AnyHead {
             $($variant($head),)+

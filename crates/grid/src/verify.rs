@@ -11,7 +11,7 @@ use lossbench_experiment::{
     read_metrics_csv, same_rows,
 };
 
-use crate::checkpoint;
+use lossbench_train::checkpoint;
 
 /// What was checked and what is wrong.
 #[derive(Debug, Default)]

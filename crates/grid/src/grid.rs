@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use lossbench_experiment::{
     Experiment, HEAD_LR_SCALE, RunDir, RunManifest, RunStatus, experiment_dir, read_metrics,
     sha256_hex, shared_settings,
@@ -18,7 +18,7 @@ use lossbench_registry::resolve_params;
 use serde::Serialize;
 
 use crate::sweep::{
-    Point, SweepRecord, choice_for_run, params_at, point_label, points, sweep_root,
+    Point, SWEEP_FILE, SweepRecord, choice_for_run, params_at, point_label, points, sweep_root,
 };
 
 /// One run of the grid.
@@ -85,12 +85,6 @@ pub fn experiment_grid(
     })
 }
 
-/// Every run of `experiment` (without sweeps) in grid order; `epochs` overrides every loss's
-/// count.
-pub fn grid(experiment: &Experiment, path: &Path, epochs: Option<u32>) -> Result<Vec<GridRun>> {
-    grid_at(experiment, path, epochs, None)
-}
-
 fn check_epochs(epochs: Option<u32>) -> Result<()> {
     if epochs == Some(0) {
         bail!("--epochs 0 is invalid: must be at least 1");
@@ -98,7 +92,8 @@ fn check_epochs(epochs: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// The main grid, swept losses at `tuned`'s chosen points.
+/// The main grid, swept losses at `tuned`'s chosen points ([`choice_for_run`] gives a record
+/// whenever a loss is swept).
 fn grid_at(
     experiment: &Experiment,
     path: &Path,
@@ -108,14 +103,20 @@ fn grid_at(
     check_epochs(epochs)?;
     let mut runs = Vec::new();
     for entry in &experiment.losses {
-        let point = match tuned.and_then(|t| t.chosen(&entry.name)) {
-            Some(p) => p.clone(),
-            None if entry.sweep.is_empty() => Point::new(),
-            None => bail!(
-                "{}: `{}` is swept: run `lossbench sweep` first",
-                path.display(),
-                entry.name
-            ),
+        let point = if entry.sweep.is_empty() {
+            Point::new()
+        } else {
+            // Only a sweep.json edited by hand (its fingerprint still matching) lacks a loss.
+            tuned
+                .and_then(|t| t.chosen(&entry.name))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{}: {SWEEP_FILE} has no chosen point for `{}`: run `lossbench sweep --choose` again",
+                        path.display(),
+                        entry.name
+                    )
+                })?
         };
         let params = resolve_params(&entry.name, &params_at(entry, &point))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -394,6 +395,48 @@ mod tests {
             Selection::Index(7)
         );
         assert!(Selection::index("-1", env(&[])).is_err());
+    }
+
+    #[test]
+    fn a_sweep_record_without_a_swept_loss_is_an_error() {
+        let text = r#"name = "x"
+seeds = [0]
+[data]
+set = "cifar100"
+dir = "d"
+validation = 10
+[model]
+arch = "resnet18"
+[training]
+epochs = 5
+batch_size = 4
+lr = 0.1
+schedule = { kind = "constant" }
+[sweep]
+epochs = 1
+seeds = [0]
+metric = "val_top1"
+[[losses]]
+name = "softmax"
+[[losses]]
+name = "cosface"
+sweep = { s = [16.0, 32.0] }
+"#;
+        let e = Experiment::parse(text, Path::new("x.toml")).expect("valid");
+        let empty = SweepRecord {
+            metric: "val_top1".into(),
+            epochs: 1,
+            seeds: vec![0],
+            fingerprint: String::new(),
+            losses: Vec::new(),
+        };
+        let err = grid_at(&e, Path::new("x.toml"), None, Some(&empty))
+            .expect_err("cosface has no point")
+            .to_string();
+        assert!(
+            err.contains("sweep.json has no chosen point for `cosface`"),
+            "{err}"
+        );
     }
 
     #[test]

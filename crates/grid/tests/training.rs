@@ -1,11 +1,11 @@
-//! The runner end to end on a tiny synthetic experiment (flex).
+//! Training the grid end to end on a tiny synthetic experiment (flex).
 
 mod common;
 
 use common::{metrics, tiny_experiment};
 use lossbench_experiment::{RunDir, RunManifest, RunStatus};
-use lossbench_runner::train::Net;
-use lossbench_runner::{BackendChoice, Progress, RunLock, RunOptions, run_experiment};
+use lossbench_grid::{RunLock, RunOptions, run_experiment};
+use lossbench_train::{BackendChoice, Net, Progress};
 
 fn options(results: &std::path::Path) -> RunOptions {
     RunOptions {
@@ -221,7 +221,7 @@ fn a_second_process_cannot_take_a_locked_run() {
 fn a_cosine_head_trains_under_the_fair_protocol_init() {
     use burn::prelude::*;
     use lossbench_head::{HeadDims, Labels};
-    use lossbench_runner::sgd::{SgdConfig, SgdState};
+    use lossbench_train::sgd::{SgdConfig, SgdState};
     let device = Device::flex().autodiff();
     let (classes, dim, per_class) = (10, 64, 8);
     let dims = HeadDims {

@@ -33,7 +33,7 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 }
 
 fn wgpu_device() -> Option<Device> {
-    match lossbench_runner::probe_wgpu() {
+    match lossbench_train::probe_wgpu() {
         Some((name, _)) => {
             eprintln!("backend parity against wgpu adapter: {name}");
             Some(Device::wgpu(Default::default()))
@@ -134,13 +134,13 @@ fn a_tiny_run_completes_on_wgpu() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let exp = common::tiny_experiment(dir.path(), &["arcface"], &[0], 1, 0.05);
-    let options = lossbench_runner::RunOptions {
-        backend: lossbench_runner::BackendChoice::Wgpu,
+    let options = lossbench_grid::RunOptions {
+        backend: lossbench_train::BackendChoice::Wgpu,
         results: dir.path().join("results"),
         ..Default::default()
     };
     let reports =
-        lossbench_runner::run_experiment(&exp, &options, &mut lossbench_runner::Progress::quiet())
+        lossbench_grid::run_experiment(&exp, &options, &mut lossbench_train::Progress::quiet())
             .expect("run");
     assert_eq!(
         reports[0].status,
@@ -174,17 +174,14 @@ fn every_loss_trains_alike_on_flex_and_wgpu() {
     let names: Vec<&str> = LOSSES.iter().map(|s| s.name).collect();
     let exp = common::tiny_experiment(dir.path(), &names, &[0], 2, 0.05);
     let train = |backend, results: &str| {
-        let options = lossbench_runner::RunOptions {
+        let options = lossbench_grid::RunOptions {
             backend,
             results: dir.path().join(results),
             ..Default::default()
         };
-        let reports = lossbench_runner::run_experiment(
-            &exp,
-            &options,
-            &mut lossbench_runner::Progress::quiet(),
-        )
-        .expect("run");
+        let reports =
+            lossbench_grid::run_experiment(&exp, &options, &mut lossbench_train::Progress::quiet())
+                .expect("run");
         for r in &reports {
             assert_eq!(
                 r.status,
@@ -195,8 +192,8 @@ fn every_loss_trains_alike_on_flex_and_wgpu() {
             );
         }
     };
-    train(lossbench_runner::BackendChoice::Flex, "flex");
-    train(lossbench_runner::BackendChoice::Wgpu, "wgpu");
+    train(lossbench_train::BackendChoice::Flex, "flex");
+    train(lossbench_train::BackendChoice::Wgpu, "wgpu");
     for name in names {
         let cpu = common::metrics(&dir.path().join("flex"), name, 0);
         let gpu = common::metrics(&dir.path().join("wgpu"), name, 0);

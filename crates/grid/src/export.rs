@@ -28,6 +28,9 @@ pub struct ExportOptions {
     pub backend: String,
     /// `--epochs` of every run (part of the grid, so of its fingerprint).
     pub epochs: Option<u32>,
+    /// `--data-dir` of every run (the Kubernetes exporter sets it: the pods see the data
+    /// under the claim's mount, not where the experiment file says).
+    pub data_dir: Option<PathBuf>,
     /// The experiment's runs, or its sweep runs (`lossbench sweep --index auto`, then a job
     /// that records the choice instead of the report).
     pub kind: GridKind,
@@ -51,7 +54,11 @@ pub struct K8sOptions {
     pub image: String,
     /// PersistentVolumeClaim holding the data and results, mounted at `mount`.
     pub claim: String,
-    pub mount: String,
+    /// Where the pods mount the claim.
+    pub mount: PathBuf,
+    /// Where this machine sees the claim's contents, if not at `mount`: paths under it are
+    /// written as the same paths under `mount`.
+    pub claim_path: Option<PathBuf>,
     /// Retries of one index before it counts as failed.
     pub backoff_limit_per_index: u32,
 }
@@ -88,9 +95,12 @@ fn prepare(options: &ExportOptions) -> Result<(Experiment, usize, String)> {
         bail!("{} has no runs", options.experiment.display());
     }
     let hash = grid_hash(&experiment, &runs);
-    std::fs::create_dir_all(&options.out)
-        .with_context(|| format!("cannot create {}", options.out.display()))?;
     Ok((experiment, runs.len(), hash))
+}
+
+fn create_out(options: &ExportOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))
 }
 
 fn write_script(path: &Path, text: &str) -> Result<()> {
@@ -122,6 +132,9 @@ fn run_command(lossbench: &str, options: &ExportOptions, grid: &str) -> Vec<Stri
     ];
     if let Some(e) = options.epochs {
         words.extend(["--epochs".to_string(), e.to_string()]);
+    }
+    if let Some(d) = &options.data_dir {
+        words.extend(["--data-dir".to_string(), d.display().to_string()]);
     }
     words
 }
@@ -168,6 +181,7 @@ fn shell(words: &[String]) -> String {
 /// the whole array (`afterany`), and `submit.sh` that submits both.
 pub fn slurm(options: &ExportOptions, slurm: &SlurmOptions) -> Result<Exported> {
     let (experiment, runs, hash) = prepare(options)?;
+    create_out(options)?;
     let name = &experiment.name;
     let logs = options.out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
@@ -269,10 +283,91 @@ echo \"array job $array, report job $report\"
     })
 }
 
+/// Exit code of a run stopped by SIGTERM / SIGUSR1 (the CLI's; `--resume` continues it).
+const EXIT_INTERRUPTED: u8 = 75;
+/// Exit code of bad input that no retry can fix (the CLI's; see `BadInput`).
+const EXIT_BAD_INPUT: u8 = 2;
+
+/// Paths as the pods see them: every path a pod reads or writes must be on the claim.
+struct PodPaths<'a> {
+    k8s: &'a K8sOptions,
+}
+
+impl PodPaths<'_> {
+    /// `path` inside a pod, or a one-line refusal naming it and the mount.
+    fn map(&self, what: &str, path: &Path) -> Result<PathBuf> {
+        let mount = &self.k8s.mount;
+        let local_root = self.k8s.claim_path.as_deref().unwrap_or(mount);
+        match path.strip_prefix(local_root) {
+            Ok(inside) => Ok(mount.join(inside)),
+            Err(_) => match &self.k8s.claim_path {
+                Some(local) => bail!(
+                    "{what} {} is not under --claim-path {} (the claim, mounted at {} in the pods): a pod cannot see it",
+                    path.display(),
+                    local.display(),
+                    mount.display()
+                ),
+                None => bail!(
+                    "{what} {} is not under the claim's mount {}: a pod cannot see it; put it there, or pass --claim-path with the folder where this machine sees the claim",
+                    path.display(),
+                    mount.display()
+                ),
+            },
+        }
+    }
+
+    /// The exporter's options with every path a pod uses mapped onto the mount, the data
+    /// folder included (a relative `data.dir` is taken from the current directory, as a run
+    /// started here would).
+    fn options(&self, options: &ExportOptions, experiment: &Experiment) -> Result<ExportOptions> {
+        let data = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| experiment.data.dir.clone());
+        let data = if data.is_absolute() {
+            data
+        } else {
+            std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(data)
+        };
+        Ok(ExportOptions {
+            experiment: self.map("the experiment file", &options.experiment)?,
+            results: self.map("--results", &options.results)?,
+            report_out: self.map("--report-out", &options.report_out)?,
+            data_dir: Some(self.map("the data folder", &data)?),
+            ..options.clone()
+        })
+    }
+}
+
+/// The Job's `podFailurePolicy`: a run interrupted by a signal (exit 75, checkpointed) or a
+/// pod the cluster disrupted (pre-emption, eviction, node drain) is retried without spending
+/// the index's backoff; bad input (exit 2: the same command can only fail again) fails the
+/// index at once; any other failure spends one retry of `backoffLimitPerIndex`.
+fn pod_failure_policy(container: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rules": [
+            { "action": "Ignore", "onPodConditions": [{ "type": "DisruptionTarget" }] },
+            {
+                "action": "Ignore",
+                "onExitCodes": { "containerName": container, "operator": "In", "values": [EXIT_INTERRUPTED] }
+            },
+            {
+                "action": "FailIndex",
+                "onExitCodes": { "containerName": container, "operator": "In", "values": [EXIT_BAD_INPUT] }
+            }
+        ]
+    })
+}
+
 /// A Kubernetes Indexed Job (one pod per run, `completions` = runs) and a report Job, as
-/// JSON manifests (`kubectl apply -f`), data and results on a PersistentVolumeClaim.
+/// JSON manifests (`kubectl apply -f`), data and results on a PersistentVolumeClaim. Every
+/// path in the pods' commands is on the claim, or nothing is written.
 pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
     let (experiment, runs, hash) = prepare(options)?;
+    let pod = PodPaths { k8s }.options(options, &experiment)?;
+    create_out(options)?;
     let name = format!("lossbench-{}", experiment.name.replace('_', "-"));
     let volume = serde_json::json!([{
         "name": "work",
@@ -283,7 +378,6 @@ pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
     if options.gpus_per_run > 0 {
         limits.insert("nvidia.com/gpu".into(), options.gpus_per_run.into());
     }
-    let command = run_command("lossbench", options, &hash);
     let parallelism = if options.parallel == 0 {
         runs
     } else {
@@ -302,6 +396,7 @@ pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
             "parallelism": parallelism,
             "backoffLimitPerIndex": k8s.backoff_limit_per_index,
             "maxFailedIndexes": runs,
+            "podFailurePolicy": pod_failure_policy("run"),
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
@@ -310,7 +405,8 @@ pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
                     "containers": [{
                         "name": "run",
                         "image": k8s.image,
-                        "command": command,
+                        "workingDir": k8s.mount,
+                        "command": run_command("lossbench", &pod, &hash),
                         "resources": { "limits": limits },
                         "volumeMounts": mounts
                     }]
@@ -331,7 +427,8 @@ pub fn k8s(options: &ExportOptions, k8s: &K8sOptions) -> Result<Exported> {
                     "containers": [{
                         "name": "report",
                         "image": k8s.image,
-                        "command": final_command("lossbench", options),
+                        "workingDir": k8s.mount,
+                        "command": final_command("lossbench", &pod),
                         "volumeMounts": mounts
                     }]
                 }

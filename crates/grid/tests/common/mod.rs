@@ -1,4 +1,4 @@
-//! A tiny experiment on generated data, for the runner's integration tests.
+//! A tiny experiment on generated data, for the grid's integration tests.
 
 #![allow(dead_code)]
 

@@ -111,8 +111,47 @@ pub struct Backend {
     pub device: Device,
     /// Which device of the backend (`--device`).
     pub index: usize,
-    /// Whether results are bit-exact across runs on this backend (see the README).
-    pub deterministic: bool,
+    /// The host's CPU or a GPU (real or software).
+    pub kind: DeviceKind,
+}
+
+/// Where a backend computes. Each property that depends on it has its own method on
+/// [`Backend`], so a reader sees which one a decision rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// flex or ndarray: the host's CPU, synchronous (and bit-exact from run to run).
+    Cpu,
+    /// cuda or wgpu: a queue that runs ahead of the host, reductions in a scheduling order.
+    Gpu,
+}
+
+/// Training steps between two read-backs of the loss and accuracy on a GPU: each read
+/// drains the device's queue, so reading every step would keep the GPU waiting for the host.
+const GPU_READ_BACK_EVERY: usize = 25;
+
+impl Backend {
+    /// The device with automatic differentiation, on which a run trains.
+    #[must_use]
+    pub fn training_device(&self) -> Device {
+        self.device.clone().autodiff()
+    }
+
+    /// Read the training loss and accuracy back every this many steps: every step on a CPU,
+    /// where reading costs nothing; every [`GPU_READ_BACK_EVERY`] on a GPU.
+    #[must_use]
+    pub fn read_back_every(&self) -> usize {
+        match self.kind {
+            DeviceKind::Cpu => 1,
+            DeviceKind::Gpu => GPU_READ_BACK_EVERY,
+        }
+    }
+
+    /// Whether the first steps are slower than the rest (a GPU compiles and tunes its
+    /// kernels then, and runs ahead of the host): a benchmark warms up longer.
+    #[must_use]
+    pub fn warms_up(&self) -> bool {
+        self.kind == DeviceKind::Gpu
+    }
 }
 
 /// Run `f`, turning a panic inside it (wgpu without an adapter, a driver library that
@@ -300,7 +339,7 @@ impl BackendChoice {
                 device_name: format!("CPU ({name})"),
                 device,
                 index: 0,
-                deterministic: true,
+                kind: DeviceKind::Cpu,
             })
         };
         let gpu = |found: Found| Backend {
@@ -308,7 +347,7 @@ impl BackendChoice {
             device_name: found.name,
             device: found.device,
             index: found.index,
-            deterministic: false,
+            kind: DeviceKind::Gpu,
         };
         let backend = match self {
             Self::Flex => cpu("flex", Device::flex())?,

@@ -15,13 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use lossbench_experiment::{RunDir, now_rfc3339};
 
 /// How often a held lock's modification time is renewed.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 /// A lock whose heartbeat is older than this is stale (ten missed heartbeats).
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// The run is held by another live process: not a failure of the run, which goes on there.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Busy(pub String);
 
 /// A run folder held by this process; released (the file removed) on drop.
 #[derive(Debug)]
@@ -78,13 +83,14 @@ impl RunLock {
                     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
                     let Some(reason) = stale(&holder, modified, &here) else {
                         let holder = holder.split_whitespace().collect::<Vec<_>>();
-                        bail!(
+                        return Err(Busy(format!(
                             "{} is in use by another lossbench process (host {}, pid {}, since {}); wait for it to finish or stop it",
                             run.path.display(),
                             holder.first().unwrap_or(&"?"),
                             holder.get(1).unwrap_or(&"?"),
                             holder.get(2).unwrap_or(&"?"),
-                        );
+                        ))
+                        .into());
                     };
                     // Rename, not remove: of several takers only one wins the rename, and it
                     // checks that it moved the stale lock it judged, not a fresh one.
@@ -104,10 +110,11 @@ impl RunLock {
                 }
             }
         }
-        bail!(
+        Err(Busy(format!(
             "{} is being taken by another lossbench process at the same moment; try again",
             run.path.display()
-        )
+        ))
+        .into())
     }
 
     fn hold(path: PathBuf, content: String, file: File) -> Self {
