@@ -27,6 +27,10 @@ demo results="results" report="reports/demo" *args="": build
     {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}} {{args}}
     {{lossbench}} report {{results}}/demo --out {{report}}
 
+# The binary's own parity checks on a backend (heads vs float64, a training step and two epochs vs flex)
+selfcheck backend="auto": build
+    {{lossbench}} selfcheck --backend {{backend}}
+
 # Rebuild the report of an experiment from results/ (an experiment file or results/<name>)
 report experiment: build
     {{lossbench}} report {{experiment}}

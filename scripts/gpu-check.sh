@@ -2,7 +2,9 @@
 # The prepared GPU check, for one NVIDIA GPU, in under 8 minutes. The GPU machine needs no
 # Rust: it runs a lossbench binary built elsewhere (`just gpu-binary` writes a stripped one to
 # gpu-bin/lossbench) and the PyTorch installed there. It prints, and writes to a Markdown file:
-#   1. `lossbench devices`;
+#   1. `lossbench devices`, then `lossbench selfcheck` on cuda (and, quick, on wgpu): the
+#      numbers of every loss head, a training step and two epochs of every loss against
+#      float64 / flex, before anything is timed;
 #   2. CIFAR ResNet-18 and ResNet-50 training-step throughput (batch 64 and 128) on cuda and
 #      on wgpu (Vulkan), beside PyTorch eager fp32 on the same GPU, in one run;
 #   3. a 2-epoch run of the demo experiment on cuda, with its report.
@@ -66,10 +68,17 @@ else
   echo "wgpu: no Vulkan GPU adapter here, wgpu rows skipped" | tee -a "$md"
 fi
 
+section "Selfcheck on cuda (elapsed $(elapsed) s)"
+{ echo '```'; timeout 120 "$bin" selfcheck --backend cuda 2>&1 | tail -n 80; echo "exit code: ${PIPESTATUS[0]}"; echo '```'; } | tee -a "$md"
+if [ "$backends" = cuda,wgpu ]; then
+  section "Selfcheck on wgpu, quick (elapsed $(elapsed) s)"
+  { echo '```'; timeout 60 "$bin" selfcheck --backend wgpu --quick 2>&1 | tail -n 50; echo "exit code: ${PIPESTATUS[0]}"; echo '```'; } | tee -a "$md"
+fi
+
 section "Training-step throughput, side by side (elapsed $(elapsed) s)"
 echo "lossbench on $backends (warm-up 5 steps, median of 20; autotune and fusion on) and PyTorch eager fp32 on the same GPU (its defaults: cuDNN may use TF32 for convolutions). Ratio = lossbench time / PyTorch time (< 1: lossbench faster)." | tee -a "$md"
 echo | tee -a "$md"
-timeout 330 "$bin" bench --only train_step --backends "$backends" \
+timeout 240 "$bin" bench --only train_step --backends "$backends" \
   --pytorch "$python" --pytorch-device cuda --out "$out/bench.json" \
   >"$out/bench.md" 2>"$out/bench.log"
 status=$?

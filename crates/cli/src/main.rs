@@ -97,6 +97,18 @@ enum Command {
     },
     /// List the devices of every backend (CUDA, wgpu, CPU), and why a backend has none.
     Devices,
+    /// Check a backend's numbers before training on it: every loss head against float64,
+    /// a ResNet training step and two epochs of every loss against flex. Exit code 1 on drift.
+    Selfcheck {
+        #[arg(long, default_value = "auto", value_parser = BACKEND_NAMES)]
+        backend: String,
+        /// Which device of the backend (see `lossbench devices`).
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+        /// Skip the two-epoch training of every loss (the slowest check).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Print every run of an experiment's grid in its fixed order, with its status on disk.
     Plan {
         /// Experiment file (experiments/*.toml).
@@ -446,6 +458,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Devices => {
             emit(&lossbench_train::list_devices().to_string())?;
+        }
+        Command::Selfcheck {
+            backend,
+            device,
+            quick,
+        } => {
+            let options = lossbench_selfcheck::Options {
+                backend: backend.parse::<BackendChoice>()?,
+                device,
+                quick,
+            };
+            let report = lossbench_selfcheck::run(options, &|line| eprintln!("{line}"))?;
+            out!("{report}");
+            if !report.ok() {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Plan {
             experiment,

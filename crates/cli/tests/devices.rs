@@ -184,3 +184,27 @@ fn run_on_several_devices_gives_the_results_of_one_process() {
         stderr(&again)
     );
 }
+
+#[test]
+fn selfcheck_passes_on_flex_and_refuses_a_missing_backend() {
+    let out = lossbench(&["selfcheck", "--backend", "flex", "--quick"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    for section in [
+        "1. loss heads",
+        "2. one training step",
+        "arcface weight gradient",
+    ] {
+        assert!(stdout.contains(section), "{section} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("quantities within tolerance"), "{stdout}");
+    let has_cuda = String::from_utf8_lossy(&lossbench(&["devices"]).stdout)
+        .lines()
+        .any(|l| l.starts_with("cuda ") && l.contains("GPU"));
+    if !has_cuda {
+        assert_unavailable(
+            &lossbench(&["selfcheck", "--backend", "cuda"]),
+            "--backend cuda: ",
+        );
+    }
+}

@@ -78,6 +78,17 @@ pub fn evaluate<H: LossHead>(
     case: &Case,
     device: &Device,
 ) -> Result<Evaluation, HeadError> {
+    evaluate_as::<H>(params, case, device, DType::F64)
+}
+
+/// [`evaluate`] in the float type `dtype` (`lossbench selfcheck` compares a backend's f32
+/// against float64 on flex).
+pub fn evaluate_as<H: LossHead>(
+    params: &ResolvedParams,
+    case: &Case,
+    device: &Device,
+    dtype: DType,
+) -> Result<Evaluation, HeadError> {
     let device = device.clone().autodiff();
     let (x, x_shape) = matrix("features", &case.features)?;
     let (w, w_shape) = matrix("weights", &case.weights)?;
@@ -103,7 +114,7 @@ pub fn evaluate<H: LossHead>(
     }
     let num_classes = w_shape[0] / per_class;
     let labels = Labels::new(&case.labels, num_classes, &device)?;
-    let f64_on = (&device, DType::F64);
+    let f64_on = (&device, dtype);
     let features = Tensor::<2>::from_data(TensorData::new(x, x_shape), f64_on).require_grad();
     let weight = Tensor::<2>::from_data(TensorData::new(w, w_shape), f64_on).require_grad();
     let bias = match (&case.bias, H::SPEC.has_bias) {
@@ -163,9 +174,9 @@ pub fn evaluate<H: LossHead>(
         && finite(&evaluation.grad_features)
         && finite(&evaluation.grad_weights))
     {
-        return Err(HeadError::Shape(
-            "the result is not finite in float64 (loss, logits or gradients overflow): scale the input down".into(),
-        ));
+        return Err(HeadError::Shape(format!(
+            "the result is not finite in {dtype:?} (loss, logits or gradients overflow): scale the input down"
+        )));
     }
     Ok(evaluation)
 }

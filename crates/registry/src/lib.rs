@@ -74,6 +74,20 @@ macro_rules! register_losses {
             }
         }
 
+        /// [`evaluate_named`] in the float type `dtype`.
+        pub fn evaluate_named_as(
+            name: &str,
+            params: &ResolvedParams,
+            case: &Case,
+            device: &Device,
+            dtype: burn::tensor::DType,
+        ) -> Result<Evaluation, HeadError> {
+            $(if name == <$head as LossHead>::SPEC.name {
+                return lossbench_head::eval::evaluate_as::<$head>(params, case, device, dtype);
+            })+
+            Err(unknown(name))
+        }
+
         /// Evaluate the named loss on explicit numbers (what `lossbench probe` does).
         pub fn evaluate_named(
             name: &str,
@@ -107,6 +121,11 @@ fn unknown(name: &str) -> HeadError {
         name: name.to_string(),
         known: LOSSES.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
     }
+}
+
+/// Weight rows per class of the named loss (its sub-centres; 1 for most losses).
+pub fn weight_rows(name: &str, params: &ResolvedParams) -> Result<usize, HeadError> {
+    AnyHead::weight_rows_named(name, params, 1)
 }
 
 /// The spec of a registered loss.
