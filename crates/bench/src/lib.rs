@@ -20,6 +20,9 @@ use lossbench_train::Net;
 use lossbench_train::sgd::{SgdConfig, SgdState};
 use serde::{Deserialize, Serialize};
 
+mod peak;
+pub use peak::{Peak, fma_peak};
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -62,6 +65,10 @@ pub struct Measurement {
     /// Peak resident memory of the process during the measurement.
     #[serde(default)]
     pub peak_rss_mib: Option<f64>,
+    /// f32 FLOPs of one measured operation, from the layer shapes (2 per multiply-add), where
+    /// they are the point: convolutions and training steps.
+    #[serde(default)]
+    pub flops: Option<f64>,
 }
 
 /// Everything `bench` writes.
@@ -69,6 +76,9 @@ pub struct Measurement {
 pub struct Report {
     pub machine: String,
     pub threads: usize,
+    /// The machine's f32 FMA peak on `threads` threads, measured in the same run.
+    #[serde(default)]
+    pub peak: Option<Peak>,
     pub lossbench: Vec<Measurement>,
     #[serde(default)]
     pub pytorch: Vec<Measurement>,
@@ -171,6 +181,7 @@ fn heads(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<
                 repeats,
                 per_second: None,
                 peak_rss_mib: None,
+                flops: None,
             };
             log(&format!(
                 "head {:<10} {:<34} {:>9.2} ms",
@@ -254,6 +265,8 @@ fn train_steps(
                 repeats,
                 per_second: Some(batch as f64 / seconds),
                 peak_rss_mib: peak_rss_mib(),
+                // Forward, input and weight gradients of every convolution: 3 × forward.
+                flops: Some(6.0 * config.forward_macs(32) as f64 * batch as f64),
             };
             log(&format!(
                 "train step {:<9} batch {batch:<4} {:<6} {:>8.1} img/s",
@@ -319,6 +332,7 @@ fn convolutions(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> 
                 repeats,
                 per_second: None,
                 peak_rss_mib: None,
+                flops: Some(flops),
             };
             log(&format!(
                 "conv {:<12} {:<36} {:>8.2} ms {:>6.0} GFLOP/s",
@@ -365,6 +379,7 @@ fn data_path(out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
         repeats,
         per_second: Some(set.len() as f64 / seconds),
         peak_rss_mib: None,
+        flops: None,
     };
     log(&format!(
         "data path {:>10.0} img/s",
@@ -412,6 +427,12 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
             GROUPS.join(", ")
         );
     }
+    let threads = rayon_threads();
+    let peak = fma_peak(threads);
+    log(&format!(
+        "f32 FMA peak: {:.0} GFLOP/s on {threads} threads ({})",
+        peak.gflops, peak.isa
+    ));
     let mut lossbench = Vec::new();
     // Training steps first, smallest to largest: the binary's allocator keeps freed memory
     // (crates/cli/src/main.rs), so a step's peak RSS is only its own if nothing bigger ran
@@ -439,7 +460,8 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
     };
     Ok(Report {
         machine: machine(),
-        threads: rayon_threads(),
+        threads,
+        peak: Some(peak),
         lossbench,
         pytorch,
     })
@@ -452,7 +474,21 @@ pub fn markdown(report: &Report) -> String {
         "Machine: {}; {} threads.\n\n",
         report.machine, report.threads
     );
-    s.push_str("| benchmark | case | backend | lossbench | vs softmax | PyTorch | lossbench / PyTorch time |\n|---|---|---|---:|---:|---:|---:|\n");
+    if let Some(p) = &report.peak {
+        s.push_str(&format!(
+            "f32 FMA peak of this machine on {} threads: {:.0} GFLOP/s ({}, measured in this run); GFLOP/s from the layer shapes (2 per multiply-add; a training step = 3 × the forward convolutions).\n\n",
+            p.threads, p.gflops, p.isa
+        ));
+    }
+    let peak = report.peak.as_ref().map(|p| p.gflops);
+    let achieved = |m: &Measurement, flops: Option<f64>| -> String {
+        match (flops.map(|f| f / m.median_seconds / 1e9), peak) {
+            (Some(g), Some(p)) => format!("{g:.0} ({:.0} %)", 100.0 * g / p),
+            (Some(g), None) => format!("{g:.0}"),
+            _ => "—".into(),
+        }
+    };
+    s.push_str("| benchmark | case | backend | lossbench | vs softmax | GFLOP/s (% of peak) | PyTorch | PyTorch GFLOP/s (% of peak) | lossbench / PyTorch time |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n");
     for m in &report.lossbench {
         let value = match m.per_second {
             Some(p) => format!(
@@ -477,16 +513,26 @@ pub fn markdown(report: &Report) -> String {
             .pytorch
             .iter()
             .find(|p| p.group == m.group && p.name == m.name && p.shape == m.shape);
-        let (t, ratio) = torch.map_or(("—".into(), "—".into()), |p| {
-            let v = match p.per_second {
-                Some(x) => format!("{x:.1} img/s"),
-                None => format!("{:.2} ms", 1e3 * p.median_seconds),
-            };
-            (v, format!("{:.2}", m.median_seconds / p.median_seconds))
-        });
+        let (t, torch_gflops, ratio) =
+            torch.map_or(("—".into(), "—".into(), "—".into()), |p| {
+                let v = match p.per_second {
+                    Some(x) => format!("{x:.1} img/s"),
+                    None => format!("{:.2} ms", 1e3 * p.median_seconds),
+                };
+                // The same shapes, so the same FLOPs.
+                (
+                    v,
+                    achieved(p, m.flops),
+                    format!("{:.2}", m.median_seconds / p.median_seconds),
+                )
+            });
         s.push_str(&format!(
-            "| {} | {} {} | {} | {value} | {vs_softmax} | {t} | {ratio} |\n",
-            m.group, m.name, m.shape, m.backend
+            "| {} | {} {} | {} | {value} | {vs_softmax} | {} | {t} | {torch_gflops} | {ratio} |\n",
+            m.group,
+            m.name,
+            m.shape,
+            m.backend,
+            achieved(m, m.flops)
         ));
     }
     s

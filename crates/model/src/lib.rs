@@ -120,6 +120,45 @@ impl ResNetConfig {
         self.channels(STAGE_CHANNELS[3]) * if bottleneck { BOTTLENECK_EXPANSION } else { 1 }
     }
 
+    /// Multiply-adds of one forward pass of the backbone's convolutions on one `side × side`
+    /// image (stem, every block and shortcut; batch norm, ReLU and pooling are not counted:
+    /// they are a few per cent). A training step costs about three times this per image
+    /// (forward, input gradient, weight gradient).
+    #[must_use]
+    pub fn forward_macs(&self, side: usize) -> u64 {
+        let conv = |cin: usize, cout: usize, kernel: usize, out_side: usize| {
+            (cin * cout * kernel * kernel * out_side * out_side) as u64
+        };
+        let (counts, bottleneck) = self.arch.blocks();
+        let stem_channels = self.channels(64);
+        let mut macs = conv(3, stem_channels, 3, side);
+        let (mut in_channels, mut side) = (stem_channels, side);
+        for (stage, (&count, &base)) in counts.iter().zip(&STAGE_CHANNELS).enumerate() {
+            let inner = self.channels(base);
+            for i in 0..count {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let out_side = side.div_ceil(stride);
+                let out = if bottleneck {
+                    inner * BOTTLENECK_EXPANSION
+                } else {
+                    inner
+                };
+                macs += if bottleneck {
+                    conv(in_channels, inner, 1, side)
+                        + conv(inner, inner, 3, out_side)
+                        + conv(inner, out, 1, out_side)
+                } else {
+                    conv(in_channels, inner, 3, out_side) + conv(inner, inner, 3, out_side)
+                };
+                if stride != 1 || in_channels != out {
+                    macs += conv(in_channels, out, 1, out_side);
+                }
+                (in_channels, side) = (out, out_side);
+            }
+        }
+        macs
+    }
+
     /// Build the backbone with weights drawn from `seed`.
     pub fn init(&self, seed: u64, device: &Device) -> Result<ResNet, ModelError> {
         self.validate()?;
@@ -374,6 +413,22 @@ pub fn trainable_params(model: &ResNet) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_cost_matches_the_published_counts() {
+        // kuangliu/pytorch-cifar's CIFAR ResNet-18 is quoted at 0.56 GMACs per 32×32 image,
+        // its ResNet-50 at 1.30 GMACs (convolutions; the fc layer adds 0.005 M / 0.2 M).
+        let r18 = ResNetConfig::new(Arch::ResNet18).forward_macs(32) as f64;
+        assert!((r18 / 1e9 - 0.556).abs() < 0.005, "{r18}");
+        let r50 = ResNetConfig::new(Arch::ResNet50).forward_macs(32) as f64;
+        assert!((r50 / 1e9 - 1.30).abs() < 0.01, "{r50}");
+        // By hand: the stem alone at width 1/64 (one channel): 3·1·9·32·32.
+        let tiny = ResNetConfig::new(Arch::ResNet18).with_width(1.0 / 64.0);
+        assert!(tiny.forward_macs(32) > 3 * 9 * 32 * 32);
+        // Half the side, a quarter of the cost.
+        let r18_16 = ResNetConfig::new(Arch::ResNet18).forward_macs(16) as f64;
+        assert!((r18 / r18_16 - 4.0).abs() < 1e-9);
+    }
 
     #[test]
     fn resnet50_matches_torchvision_parameter_count() {
