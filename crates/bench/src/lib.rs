@@ -214,7 +214,7 @@ fn train_steps(
     };
     for choice in backends {
         let backend = choice.resolve(0, lossbench_train::Precision::F32)?;
-        let device = backend.device.clone().autodiff();
+        let device = backend.training_device();
         for &(arch, batch) in configs {
             let config = ResNetConfig::new(arch);
             let dims = HeadDims {
@@ -428,11 +428,15 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
         );
     }
     let threads = rayon_threads();
-    let peak = fma_peak(threads);
-    log(&format!(
-        "f32 FMA peak: {:.0} GFLOP/s on {threads} threads ({})",
-        peak.gflops, peak.isa
-    ));
+    // The peak is what convolutions and training steps are judged against; nothing else needs it.
+    let peak = (options.wants("conv") || options.wants("train_step")).then(|| {
+        let peak = fma_peak(threads);
+        log(&format!(
+            "f32 FMA peak: {:.0} GFLOP/s on {threads} threads ({})",
+            peak.gflops, peak.isa
+        ));
+        peak
+    });
     let mut lossbench = Vec::new();
     // Training steps first, smallest to largest: the binary's allocator keeps freed memory
     // (crates/cli/src/main.rs), so a step's peak RSS is only its own if nothing bigger ran
@@ -461,7 +465,7 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
     Ok(Report {
         machine: machine(),
         threads,
-        peak: Some(peak),
+        peak,
         lossbench,
         pytorch,
     })

@@ -59,7 +59,7 @@ fn quiet_vulkan_device_selection() {
 }
 
 /// Exit code of a run stopped by SIGTERM / SIGUSR1 (EX_TEMPFAIL: try again).
-pub(crate) const INTERRUPTED: u8 = 75;
+pub(crate) const INTERRUPTED: u8 = lossbench_grid::EXIT_INTERRUPTED;
 
 /// Does this loss really beat softmax? Reproduce loss-comparison tables on CIFAR.
 #[derive(Debug, Parser)]
@@ -565,7 +565,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Exit code of bad input ([`BadInput`]) and of a request this machine cannot serve (a
 /// backend or device it lacks), as for clap's usage errors: the same command fails again.
-const REFUSED: u8 = 2;
+const REFUSED: u8 = lossbench_grid::EXIT_BAD_INPUT;
 
 fn main() -> ExitCode {
     quiet_vulkan_device_selection();

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use lossbench_experiment::{Experiment, RunStatus};
 use lossbench_grid::sweep::{self, SweepRecord};
-use lossbench_grid::{
-    BadInput, GridKind, RunOptions, RunReport, Selection, run_experiment, select,
-};
+use lossbench_grid::{GridKind, RunOptions, RunReport, Selection, refuse, run_experiment, select};
 use lossbench_train::{BACKEND_NAMES, BackendChoice, Progress};
 
 use crate::{INTERRUPTED, emit, multi_device};
@@ -107,7 +105,7 @@ fn run_options(a: &RunArgs, kind: GridKind, stop: &Arc<AtomicBool>) -> Result<Ru
 /// `lossbench run` (`kind` = main) or the training part of `lossbench sweep`.
 pub fn run(a: RunArgs, kind: GridKind) -> Result<u8> {
     let stop = install_stop_flag()?;
-    let options = run_options(&a, kind, &stop).map_err(BadInput)?;
+    let options = refuse(run_options(&a, kind, &stop))?;
     if let Some(devices) = &a.devices {
         return on_devices(&a, devices, &options, &stop);
     }
@@ -161,9 +159,9 @@ fn summary_table(reports: &[RunReport]) -> String {
 
 /// `--devices 0,1,…`: one child process per run, at most one per device.
 fn on_devices(a: &RunArgs, devices: &str, options: &RunOptions, stop: &AtomicBool) -> Result<u8> {
-    let devices = multi_device::parse_devices(devices).map_err(BadInput)?;
-    let exp = Experiment::load(&a.experiment).map_err(|e| BadInput(e.into()))?;
-    let planned = select(&exp, &a.experiment, options).map_err(BadInput)?;
+    let devices = refuse(multi_device::parse_devices(devices))?;
+    let exp = refuse(Experiment::load(&a.experiment))?;
+    let planned = refuse(select(&exp, &a.experiment, options))?;
     let jobs: Vec<_> = planned
         .runs
         .iter()

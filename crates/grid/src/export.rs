@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use lossbench_experiment::{Experiment, atomic_write};
 
 use crate::grid::{GridKind, experiment_grid, grid_hash};
+use crate::orchestrate::{EXIT_BAD_INPUT, EXIT_INTERRUPTED};
 
 /// What every exporter needs: the experiment, where things live, how much at once.
 #[derive(Debug, Clone)]
@@ -282,11 +283,6 @@ echo \"array job $array, report job $report\"
         grid: hash,
     })
 }
-
-/// Exit code of a run stopped by SIGTERM / SIGUSR1 (the CLI's; `--resume` continues it).
-const EXIT_INTERRUPTED: u8 = 75;
-/// Exit code of bad input that no retry can fix (the CLI's; see `BadInput`).
-const EXIT_BAD_INPUT: u8 = 2;
 
 /// Paths as the pods see them: every path a pod reads or writes must be on the claim.
 struct PodPaths<'a> {

@@ -16,7 +16,7 @@ pub use grid::{
 };
 pub use lock::{Busy, RunLock};
 pub use orchestrate::{
-    BadInput, Planned, RunOptions, RunReport, data_source, format_duration, load_data,
-    run_experiment, select,
+    BadInput, EXIT_BAD_INPUT, EXIT_INTERRUPTED, Planned, RunOptions, RunReport, data_source,
+    format_duration, load_data, refuse, run_experiment, select,
 };
 pub use verify::{Verification, verify_results};

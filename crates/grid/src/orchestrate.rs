@@ -68,8 +68,14 @@ pub struct RunReport {
 #[error("{0:#}")]
 pub struct BadInput(pub anyhow::Error);
 
+/// Exit code of [`BadInput`]: the same command can only fail again.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code of a run stopped by SIGTERM / SIGUSR1 after checkpointing (EX_TEMPFAIL: try
+/// again; `--resume` continues it).
+pub const EXIT_INTERRUPTED: u8 = 75;
+
 /// `result`, its error marked as [`BadInput`].
-fn refuse<T, E: Into<anyhow::Error>>(result: Result<T, E>) -> Result<T> {
+pub fn refuse<T, E: Into<anyhow::Error>>(result: Result<T, E>) -> Result<T> {
     result.map_err(|e| BadInput(e.into()).into())
 }
 

@@ -114,9 +114,9 @@ pub fn evaluate_as<H: LossHead>(
     }
     let num_classes = w_shape[0] / per_class;
     let labels = Labels::new(&case.labels, num_classes, &device)?;
-    let f64_on = (&device, dtype);
-    let features = Tensor::<2>::from_data(TensorData::new(x, x_shape), f64_on).require_grad();
-    let weight = Tensor::<2>::from_data(TensorData::new(w, w_shape), f64_on).require_grad();
+    let on = (&device, dtype);
+    let features = Tensor::<2>::from_data(TensorData::new(x, x_shape), on).require_grad();
+    let weight = Tensor::<2>::from_data(TensorData::new(w, w_shape), on).require_grad();
     let bias = match (&case.bias, H::SPEC.has_bias) {
         (Some(_), false) => {
             return Err(HeadError::Shape(format!(
@@ -134,10 +134,10 @@ pub fn evaluate_as<H: LossHead>(
             }
             Some(Tensor::<1>::from_data(
                 TensorData::new(b.clone(), [b.len()]),
-                f64_on,
+                on,
             ))
         }
-        (None, true) => Some(Tensor::<1>::zeros([num_classes], f64_on)),
+        (None, true) => Some(Tensor::<1>::zeros([num_classes], on)),
         (None, false) => None,
     }
     .map(Tensor::require_grad);
@@ -174,8 +174,13 @@ pub fn evaluate_as<H: LossHead>(
         && finite(&evaluation.grad_features)
         && finite(&evaluation.grad_weights))
     {
+        let name = match dtype {
+            DType::F64 => "float64".to_string(),
+            DType::F32 => "float32".to_string(),
+            other => format!("{other:?}"),
+        };
         return Err(HeadError::Shape(format!(
-            "the result is not finite in {dtype:?} (loss, logits or gradients overflow): scale the input down"
+            "the result is not finite in {name} (loss, logits or gradients overflow): scale the input down"
         )));
     }
     Ok(evaluation)
