@@ -27,6 +27,14 @@ demo results="results" report="reports/demo" *args="": build
     {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}} {{args}}
     {{lossbench}} report {{results}}/demo --out {{report}}
 
+# Your own images: a generated folder of PNG and JPEG files, closed set and open set (retrieval), reports included
+demo-folder results="results" report="reports" *args="": build
+    test -f data/demo-folder/lossbench-synthetic.json || {{lossbench}} data synth --format folder --image-format mixed --side 32 --classes 12 --train-per-class 50 --test-per-class 20 --out data/demo-folder
+    {{lossbench}} run experiments/demo-folder.toml --resume --backend flex --results {{results}} {{args}}
+    {{lossbench}} report {{results}}/demo-folder --out {{report}}/demo-folder
+    {{lossbench}} run experiments/demo-folder-open.toml --resume --backend flex --results {{results}} {{args}}
+    {{lossbench}} report {{results}}/demo-folder-open --out {{report}}/demo-folder-open
+
 # The binary's own parity checks on a backend (heads vs float64, a training step and two epochs vs flex)
 selfcheck backend="auto": build
     {{lossbench}} selfcheck --backend {{backend}}

@@ -20,6 +20,7 @@ use lossbench_train::Net;
 use lossbench_train::sgd::{SgdConfig, SgdState};
 use serde::{Deserialize, Serialize};
 
+mod own_data;
 mod peak;
 pub use peak::{Peak, fma_peak};
 
@@ -33,12 +34,12 @@ pub struct Options {
     pub pytorch: Option<PathBuf>,
     /// Where PyTorch's training steps run: `cpu` or `cuda`.
     pub pytorch_device: String,
-    /// Measure only these groups (`data`, `head`, `train_step`, `conv`); empty = all.
+    /// Measure only these groups (see [`GROUPS`]); empty = all.
     pub only: Vec<String>,
 }
 
-/// The measurement groups, in the order they run.
-pub const GROUPS: [&str; 4] = ["data", "head", "train_step", "conv"];
+/// The measurement groups (`retrieval` first when asked alone: its peak memory is its own).
+pub const GROUPS: [&str; 6] = ["data", "head", "train_step", "conv", "images", "retrieval"];
 
 impl Options {
     fn wants(&self, group: &str) -> bool {
@@ -441,8 +442,14 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
     // Training steps first, smallest to largest: the binary's allocator keeps freed memory
     // (crates/cli/src/main.rs), so a step's peak RSS is only its own if nothing bigger ran
     // before it (the 100,000-class heads hold ~3 GiB).
+    if options.wants("retrieval") {
+        own_data::retrieval_scale(options.quick, &mut lossbench, log)?;
+    }
     if options.wants("train_step") {
         train_steps(&options.backends, options.quick, &mut lossbench, log)?;
+    }
+    if options.wants("images") {
+        own_data::images(options.quick, &mut lossbench, log)?;
     }
     if options.wants("data") {
         data_path(&mut lossbench, log)?;

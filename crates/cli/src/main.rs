@@ -295,10 +295,20 @@ enum DataCommand {
         #[arg(long, default_value = "data")]
         dir: PathBuf,
     },
-    /// Write a synthetic data set in the CIFAR-100 binary format.
+    /// Write a synthetic data set: CIFAR-100 binary files, or an image folder
+    /// (`train/<class>/`, `test/<class>/`) of PNG and/or JPEG images of mixed sizes and modes.
     Synth {
         #[arg(long)]
         out: PathBuf,
+        /// `cifar` (binary files, 32×32) or `folder` (image files).
+        #[arg(long, default_value = "cifar", value_parser = ["cifar", "folder"])]
+        format: String,
+        /// `--format folder`: shorter side of the images (their sizes vary from it to 2×).
+        #[arg(long, default_value_t = 32)]
+        side: usize,
+        /// `--format folder`: `png`, `jpeg` or `mixed` (PNG and JPEG in turn).
+        #[arg(long, default_value = "png", value_parser = ["png", "jpeg", "mixed"])]
+        image_format: String,
         #[arg(long, default_value_t = 100)]
         classes: usize,
         #[arg(long, default_value_t = 500)]
@@ -384,20 +394,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             DataCommand::Synth {
                 out,
+                format,
+                side,
+                image_format,
                 classes,
                 train_per_class,
                 test_per_class,
                 seed,
             } => {
-                let m = synth::write(
-                    &out,
-                    synth::SynthConfig {
-                        classes,
-                        train_per_class,
-                        test_per_class,
-                        seed,
-                    },
-                )?;
+                let config = synth::SynthConfig {
+                    classes,
+                    train_per_class,
+                    test_per_class,
+                    seed,
+                };
+                if format == "folder" {
+                    let file_format = match image_format.as_str() {
+                        "jpeg" => synth::FileFormat::Jpeg,
+                        "mixed" => synth::FileFormat::Mixed,
+                        _ => synth::FileFormat::Png,
+                    };
+                    let m = synth::write_folder(&out, config, side, file_format)?;
+                    out!(
+                        "wrote a synthetic image folder to {}: {} classes, {} train and {} test {image_format} images (shorter side {side})",
+                        out.display(),
+                        m.classes,
+                        m.classes * m.train_per_class,
+                        m.classes * m.test_per_class
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let m = synth::write(&out, config)?;
                 out!(
                     "wrote a synthetic CIFAR-100-format set to {}: {} classes, {} train and {} test images",
                     out.display(),

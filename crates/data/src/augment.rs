@@ -1,17 +1,27 @@
-//! The standard CIFAR augmentation — random 32×32 crop of the image zero-padded by 4 pixels,
-//! then a random horizontal flip (torchvision `RandomCrop(32, padding=4)`,
-//! `RandomHorizontalFlip()`) — and per-channel normalisation.
+//! The standard CIFAR augmentation — random crop of the image zero-padded by a side/8 margin
+//! (4 pixels at 32×32), then a random horizontal flip (torchvision `RandomCrop(32, padding=4)`,
+//! `RandomHorizontalFlip()`) — and per-channel normalisation. Every function takes the side of
+//! the (square) images, a property of the data set.
 
 use serde::{Deserialize, Serialize};
 
 use crate::DataSet;
 
 /// Side of a CIFAR image.
-pub const IMAGE_SIDE: usize = 32;
-/// Bytes of one image: 3 channel planes of 32×32.
-pub const IMAGE_BYTES: usize = 3 * IMAGE_SIDE * IMAGE_SIDE;
-/// Zero padding before the random crop.
-pub const PAD: usize = 4;
+pub const CIFAR_SIDE: usize = 32;
+
+/// Values of one `side`×`side` image: 3 channel planes.
+#[must_use]
+pub const fn image_len(side: usize) -> usize {
+    3 * side * side
+}
+
+/// Zero padding before the random crop: side/8 (4 at CIFAR's 32, as torchvision's recipe),
+/// at least 1.
+#[must_use]
+pub const fn crop_pad(side: usize) -> usize {
+    if side >= 16 { side / 8 } else { 1 }
+}
 
 /// Per-channel mean and standard deviation of pixel values scaled to `[0, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -24,10 +34,10 @@ impl ChannelStats {
     /// Statistics of a data set (computed in f64, so the result does not depend on order).
     #[must_use]
     pub fn of(set: &DataSet) -> Self {
-        let plane = IMAGE_SIDE * IMAGE_SIDE;
+        let plane = set.side * set.side;
         let mut sum = [0f64; 3];
         let mut sq = [0f64; 3];
-        for image in set.images.chunks_exact(IMAGE_BYTES) {
+        for image in set.images.chunks_exact(image_len(set.side)) {
             for ch in 0..3 {
                 for &p in &image[ch * plane..(ch + 1) * plane] {
                     let v = f64::from(p) / 255.0;
@@ -65,39 +75,44 @@ pub struct Normalizer {
     tables: [[f32; 256]; 3],
 }
 
-/// Normalise an image without augmentation (evaluation). `out` holds [`IMAGE_BYTES`] values.
-pub fn normalize_image(src: &[u8], normalizer: &Normalizer, out: &mut [f32]) {
-    augment_image(src, normalizer, PAD, PAD, false, out);
+/// Normalise a `side`×`side` image without augmentation (evaluation). `out` holds
+/// [`image_len`] values.
+pub fn normalize_image(src: &[u8], side: usize, normalizer: &Normalizer, out: &mut [f32]) {
+    let pad = crop_pad(side);
+    augment_image(src, side, normalizer, pad, pad, false, out);
 }
 
-/// Crop at offset `(dx, dy)` in `0..=2·PAD` of the zero-padded image, flip if asked, and
-/// normalise into `out` (channel-planar, [`IMAGE_BYTES`] values).
+/// Crop at offset `(dx, dy)` in `0..=2·pad` of the image zero-padded by
+/// [`crop_pad`]`(side)`, flip if asked, and normalise into `out` (channel-planar,
+/// [`image_len`] values).
 pub fn augment_image(
     src: &[u8],
+    side: usize,
     normalizer: &Normalizer,
     dx: usize,
     dy: usize,
     flip: bool,
     out: &mut [f32],
 ) {
-    debug_assert!(dx <= 2 * PAD && dy <= 2 * PAD);
-    let plane = IMAGE_SIDE * IMAGE_SIDE;
+    let pad = crop_pad(side);
+    debug_assert!(dx <= 2 * pad && dy <= 2 * pad);
+    let plane = side * side;
     for ch in 0..3 {
         let table = &normalizer.tables[ch];
         let zero = table[0];
         let src_plane = &src[ch * plane..(ch + 1) * plane];
-        for y in 0..IMAGE_SIDE {
-            let row = &mut out[ch * plane + y * IMAGE_SIDE..ch * plane + (y + 1) * IMAGE_SIDE];
-            let sy = (y + dy).wrapping_sub(PAD);
-            if sy >= IMAGE_SIDE {
+        for y in 0..side {
+            let row = &mut out[ch * plane + y * side..ch * plane + (y + 1) * side];
+            let sy = (y + dy).wrapping_sub(pad);
+            if sy >= side {
                 row.fill(zero);
                 continue;
             }
-            let src_row = &src_plane[sy * IMAGE_SIDE..(sy + 1) * IMAGE_SIDE];
+            let src_row = &src_plane[sy * side..(sy + 1) * side];
             for (x, v) in row.iter_mut().enumerate() {
-                let cx = if flip { IMAGE_SIDE - 1 - x } else { x };
-                let sx = (cx + dx).wrapping_sub(PAD);
-                *v = if sx < IMAGE_SIDE {
+                let cx = if flip { side - 1 - x } else { x };
+                let sx = (cx + dx).wrapping_sub(pad);
+                *v = if sx < side {
                     table[usize::from(src_row[sx])]
                 } else {
                     zero
@@ -110,7 +125,7 @@ pub fn augment_image(
 /// Which random transforms a training image gets (`[data] augment`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AugmentSpec {
-    /// Random 32×32 crop of the image zero-padded by [`PAD`].
+    /// Random crop of the image zero-padded by [`crop_pad`].
     pub crop: bool,
     /// Random horizontal flip.
     pub flip: bool,
@@ -129,14 +144,13 @@ impl Default for AugmentSpec {
     }
 }
 
-/// Rotate each channel plane of `image` (channel-planar, [`IMAGE_BYTES`] values) by
+/// Rotate each channel plane of `image` (channel-planar, `side`×`side`) by
 /// `degrees` counter-clockwise about the image centre, as torchvision's `rotate` with
 /// bilinear interpolation: output pixel centres are mapped back into the input and sampled
 /// bilinearly, a sample outside the image reading `fill[channel]` (the normalised value of
 /// a black pixel: zero fill before normalisation). Normalisation is affine per channel, so
 /// rotating normalised values equals normalising rotated pixels.
-pub fn rotate_image(image: &[f32], degrees: f64, fill: [f32; 3], out: &mut [f32]) {
-    let side = IMAGE_SIDE;
+pub fn rotate_image(image: &[f32], side: usize, degrees: f64, fill: [f32; 3], out: &mut [f32]) {
     let plane = side * side;
     let (sin, cos) = degrees.to_radians().sin_cos();
     let centre = side as f64 / 2.0;
@@ -179,6 +193,9 @@ impl Normalizer {
 mod tests {
     use super::*;
 
+    const IMAGE_SIDE: usize = CIFAR_SIDE;
+    const IMAGE_BYTES: usize = image_len(CIFAR_SIDE);
+
     const UNIT: ChannelStats = ChannelStats {
         mean: [0.0; 3],
         std: [1.0 / 255.0; 3],
@@ -199,7 +216,7 @@ mod tests {
     fn centre_crop_without_flip_is_identity() {
         let img = known_image();
         let mut out = vec![0.0; IMAGE_BYTES];
-        normalize_image(&img, &UNIT.normalizer(), &mut out);
+        normalize_image(&img, IMAGE_SIDE, &UNIT.normalizer(), &mut out);
         for (o, &p) in out.iter().zip(&img) {
             assert!((o - f32::from(p)).abs() < 1e-3);
         }
@@ -210,22 +227,60 @@ mod tests {
         let img = known_image();
         let mut out = vec![0.0; IMAGE_BYTES];
         // dx = 0, dy = 0: output (y, x) shows source (y − 4, x − 4); the first 4 rows/cols are padding.
-        augment_image(&img, &UNIT.normalizer(), 0, 0, false, &mut out);
+        augment_image(&img, IMAGE_SIDE, &UNIT.normalizer(), 0, 0, false, &mut out);
         assert_eq!(at(&out, 0, 0, 10), 0.0);
         assert_eq!(at(&out, 1, 10, 2), 0.0);
         assert!((at(&out, 2, 10, 12) - f32::from(img[2 * 1024 + 6 * 32 + 8])).abs() < 1e-3);
         // dx = 8: output column x shows source column x + 4; the last 4 columns are padding.
-        augment_image(&img, &UNIT.normalizer(), 8, 4, false, &mut out);
+        augment_image(&img, IMAGE_SIDE, &UNIT.normalizer(), 8, 4, false, &mut out);
         assert!((at(&out, 0, 5, 3) - f32::from(img[5 * 32 + 7])).abs() < 1e-3);
         assert_eq!(at(&out, 0, 5, 28), 0.0);
+    }
+
+    #[test]
+    fn the_crop_margin_scales_with_the_side() {
+        assert_eq!(
+            (crop_pad(32), crop_pad(64), crop_pad(96), crop_pad(8)),
+            (4, 8, 12, 1)
+        );
+        // A 64×64 image whose pixel is its column: dx = dy = 0 shows source (y − 8, x − 8).
+        let side = 64;
+        let img: Vec<u8> = (0..image_len(side)).map(|i| (i % side) as u8).collect();
+        let mut out = vec![0.0; image_len(side)];
+        augment_image(&img, side, &UNIT.normalizer(), 0, 0, false, &mut out);
+        let at64 = |ch: usize, y: usize, x: usize| out[ch * side * side + y * side + x];
+        assert_eq!(at64(0, 7, 30), 0.0, "padding rows");
+        assert_eq!(at64(1, 30, 7), 0.0, "padding columns");
+        assert!((at64(2, 30, 40) - 32.0).abs() < 1e-3);
+        normalize_image(&img, side, &UNIT.normalizer(), &mut out);
+        assert!(
+            (out[5 * side + 63] - 63.0).abs() < 1e-3,
+            "the centre crop is the image"
+        );
     }
 
     #[test]
     fn flip_mirrors_the_crop() {
         let img = known_image();
         let (mut plain, mut flipped) = (vec![0.0; IMAGE_BYTES], vec![0.0; IMAGE_BYTES]);
-        augment_image(&img, &UNIT.normalizer(), 2, 6, false, &mut plain);
-        augment_image(&img, &UNIT.normalizer(), 2, 6, true, &mut flipped);
+        augment_image(
+            &img,
+            IMAGE_SIDE,
+            &UNIT.normalizer(),
+            2,
+            6,
+            false,
+            &mut plain,
+        );
+        augment_image(
+            &img,
+            IMAGE_SIDE,
+            &UNIT.normalizer(),
+            2,
+            6,
+            true,
+            &mut flipped,
+        );
         for ch in 0..3 {
             for y in 0..32 {
                 for x in 0..32 {
@@ -243,12 +298,12 @@ mod tests {
         };
         let img = vec![255u8; IMAGE_BYTES];
         let mut out = vec![0.0; IMAGE_BYTES];
-        normalize_image(&img, &stats.normalizer(), &mut out);
+        normalize_image(&img, IMAGE_SIDE, &stats.normalizer(), &mut out);
         assert!((at(&out, 0, 3, 3) - 1.0).abs() < 1e-6);
         assert!((at(&out, 1, 3, 3) - 3.0).abs() < 1e-6);
         assert!((at(&out, 2, 3, 3) - 1.0).abs() < 1e-6);
         // Padding is black before normalisation, as in torchvision.
-        augment_image(&img, &stats.normalizer(), 0, 0, false, &mut out);
+        augment_image(&img, IMAGE_SIDE, &stats.normalizer(), 0, 0, false, &mut out);
         assert!((at(&out, 0, 0, 0) + 1.0).abs() < 1e-6);
     }
     /// An independent float64 reference: the inverse affine map written as torchvision's
@@ -294,10 +349,10 @@ mod tests {
         };
         let normalizer = stats.normalizer();
         let mut plain = vec![0f32; IMAGE_BYTES];
-        normalize_image(&image, &normalizer, &mut plain);
+        normalize_image(&image, IMAGE_SIDE, &normalizer, &mut plain);
         for degrees in [0.0, 15.0, -15.0, 7.3, -2.5, 90.0, 180.0] {
             let mut out = vec![0f32; IMAGE_BYTES];
-            rotate_image(&plain, degrees, normalizer.zero(), &mut out);
+            rotate_image(&plain, IMAGE_SIDE, degrees, normalizer.zero(), &mut out);
             let want = reference_rotation(&image, degrees, stats);
             let worst = out
                 .iter()
@@ -313,13 +368,13 @@ mod tests {
         let image = known_image();
         let normalizer = UNIT.normalizer();
         let mut plain = vec![0f32; IMAGE_BYTES];
-        normalize_image(&image, &normalizer, &mut plain);
+        normalize_image(&image, IMAGE_SIDE, &normalizer, &mut plain);
         let mut out = vec![0f32; IMAGE_BYTES];
-        rotate_image(&plain, 0.0, normalizer.zero(), &mut out);
+        rotate_image(&plain, IMAGE_SIDE, 0.0, normalizer.zero(), &mut out);
         assert_eq!(out, plain);
         // Counter-clockwise: output (x, y) shows input (31 − y, x); the top-right corner
         // moves to the top-left.
-        rotate_image(&plain, 90.0, normalizer.zero(), &mut out);
+        rotate_image(&plain, IMAGE_SIDE, 90.0, normalizer.zero(), &mut out);
         for ch in 0..3 {
             for y in 0..IMAGE_SIDE {
                 for x in 0..IMAGE_SIDE {

@@ -6,15 +6,17 @@ use lossbench_rng::{Purpose, Stream};
 use rayon::prelude::*;
 
 use crate::{
-    AugmentSpec, ChannelStats, DataSet, IMAGE_BYTES, Normalizer, PAD, augment_image,
+    AugmentSpec, ChannelStats, DataSet, Normalizer, augment_image, crop_pad, image_len,
     normalize_image, rotate_image,
 };
 
 /// A batch ready for the device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `[len, 3, 32, 32]`, normalised.
+    /// `[len, 3, side, side]`, normalised.
     pub images: Vec<f32>,
+    /// Side of the images.
+    pub side: usize,
     pub labels: Vec<i64>,
 }
 
@@ -109,9 +111,11 @@ impl<'a> Batcher<'a> {
         let start = index * self.batch_size;
         let ids = &self.order
             [start.min(self.order.len())..(start + self.batch_size).min(self.order.len())];
-        let mut images = vec![0f32; ids.len() * IMAGE_BYTES];
+        let side = self.set.side;
+        let (len, pad) = (image_len(side), crop_pad(side));
+        let mut images = vec![0f32; ids.len() * len];
         images
-            .par_chunks_mut(IMAGE_BYTES)
+            .par_chunks_mut(len)
             .zip(ids.par_iter())
             .for_each(|(out, &id)| {
                 let src = self.set.image(id as usize);
@@ -120,26 +124,27 @@ impl<'a> Batcher<'a> {
                         // Always the same three draws, so turning a transform off leaves the
                         // others' values unchanged.
                         let mut s = Stream::new(seed, Purpose::Augment, epoch).sub(u64::from(id));
-                        let dx = s.below(2 * PAD as u64 + 1) as usize;
-                        let dy = s.below(2 * PAD as u64 + 1) as usize;
+                        let dx = s.below(2 * pad as u64 + 1) as usize;
+                        let dy = s.below(2 * pad as u64 + 1) as usize;
                         let flip = s.below(2) == 1;
-                        let (dx, dy) = if self.spec.crop { (dx, dy) } else { (PAD, PAD) };
+                        let (dx, dy) = if self.spec.crop { (dx, dy) } else { (pad, pad) };
                         let flip = flip && self.spec.flip;
-                        augment_image(src, &self.normalizer, dx, dy, flip, out);
+                        augment_image(src, side, &self.normalizer, dx, dy, flip, out);
                         if self.spec.rotation_deg > 0.0 {
                             let u = Stream::new(seed, Purpose::Rotation, epoch)
                                 .sub(u64::from(id))
                                 .next_f64();
                             let degrees = (2.0 * u - 1.0) * self.spec.rotation_deg;
                             let cropped = out.to_vec();
-                            rotate_image(&cropped, degrees, self.normalizer.zero(), out);
+                            rotate_image(&cropped, side, degrees, self.normalizer.zero(), out);
                         }
                     }
-                    None => normalize_image(src, &self.normalizer, out),
+                    None => normalize_image(src, side, &self.normalizer, out),
                 }
             });
         Batch {
             images,
+            side,
             labels: ids
                 .iter()
                 .map(|&i| i64::from(self.set.labels[i as usize]))
@@ -223,9 +228,10 @@ mod tests {
         let (_dir, set) = set();
         let stats = ChannelStats::of(&set);
         let b = Batcher::eval(&set, stats, 5).batch(1);
-        let mut want = vec![0f32; IMAGE_BYTES];
-        normalize_image(set.image(5), &stats.normalizer(), &mut want);
-        assert_eq!(&b.images[..IMAGE_BYTES], &want[..]);
+        let len = image_len(set.side);
+        let mut want = vec![0f32; len];
+        normalize_image(set.image(5), set.side, &stats.normalizer(), &mut want);
+        assert_eq!(&b.images[..len], &want[..]);
         assert_eq!(b.labels[0], i64::from(set.labels[5]));
     }
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::synth::SynthManifest;
-use crate::{DataError, IMAGE_BYTES};
+use crate::{CIFAR_SIDE, DataError, image_len};
+
+/// Bytes of one CIFAR image.
+const IMAGE_BYTES: usize = image_len(CIFAR_SIDE);
 
 /// Which CIFAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,16 +99,17 @@ impl Kind {
     }
 }
 
-/// One split in memory: `len` images of [`IMAGE_BYTES`] bytes and their labels.
+/// One split in memory: `len` square RGB images of `side`×`side` pixels and their labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataSet {
-    pub kind: Kind,
     pub split: Split,
+    /// Side of every image (32 for CIFAR).
+    pub side: usize,
     pub num_classes: usize,
     /// Channel-planar pixels, image after image.
     pub images: Vec<u8>,
-    /// Fine labels.
-    pub labels: Vec<u8>,
+    /// Class of each image (CIFAR-100: the fine label), `< num_classes`.
+    pub labels: Vec<u16>,
     /// Whether this is lossbench's synthetic stand-in.
     pub synthetic: bool,
 }
@@ -126,7 +130,8 @@ impl DataSet {
     /// Pixels of image `i`.
     #[must_use]
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+        let len = image_len(self.side);
+        &self.images[i * len..(i + 1) * len]
     }
 
     /// Images per class.
@@ -202,7 +207,7 @@ fn read_file(
                 num_classes,
             ));
         }
-        out.labels.push(fine);
+        out.labels.push(u16::from(fine));
         out.images.extend_from_slice(&rec[kind.label_bytes()..]);
     }
     Ok(n)
@@ -227,8 +232,8 @@ pub fn load(dir: &Path, kind: Kind, split: Split) -> Result<DataSet, DataError> 
         )));
     }
     let mut set = DataSet {
-        kind,
         split,
+        side: CIFAR_SIDE,
         num_classes,
         images: Vec::new(),
         labels: Vec::new(),
@@ -418,8 +423,8 @@ mod tests {
         bytes.extend(std::iter::repeat_n(7u8, IMAGE_BYTES));
         std::fs::write(dir.path().join("test_batch.bin"), &bytes).expect("write");
         let mut set = DataSet {
-            kind: Kind::Cifar10,
             split: Split::Test,
+            side: CIFAR_SIDE,
             num_classes: 10,
             images: vec![],
             labels: vec![],

@@ -3,7 +3,7 @@
 
 use lossbench_rng::{Purpose, Stream};
 
-use crate::{DataError, DataSet, IMAGE_BYTES};
+use crate::{DataError, DataSet, image_len};
 
 /// Images per class to hold out: `n · count / total` rounded down, the remainder to the
 /// classes with the largest fractional parts (lower class first on ties), so the split is
@@ -21,13 +21,13 @@ fn quotas(counts: &[usize], n: usize) -> Vec<usize> {
 }
 
 fn subset(set: &DataSet, indices: &[usize]) -> DataSet {
-    let mut images = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+    let mut images = Vec::with_capacity(indices.len() * image_len(set.side));
     for &i in indices {
         images.extend_from_slice(set.image(i));
     }
     DataSet {
-        kind: set.kind,
         split: set.split,
+        side: set.side,
         num_classes: set.num_classes,
         images,
         labels: indices.iter().map(|&i| set.labels[i]).collect(),
@@ -69,12 +69,14 @@ pub fn split_validation(train: &DataSet, n: usize) -> Result<(DataSet, DataSet),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Kind, Split};
+    use crate::{CIFAR_SIDE, Split};
 
-    fn set(labels: &[u8]) -> DataSet {
+    const IMAGE_BYTES: usize = image_len(CIFAR_SIDE);
+
+    fn set(labels: &[u16]) -> DataSet {
         DataSet {
-            kind: Kind::Cifar100,
             split: Split::Train,
+            side: CIFAR_SIDE,
             num_classes: 3,
             images: labels
                 .iter()
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn split_is_disjoint_complete_stratified_and_fixed() {
-        let labels: Vec<u8> = (0..30).map(|i| (i % 3) as u8).collect();
+        let labels: Vec<u16> = (0..30).map(|i| (i % 3) as u16).collect();
         let data = set(&labels);
         let (train, val) = split_validation(&data, 6).expect("split");
         assert_eq!((train.len(), val.len()), (24, 6));

@@ -11,7 +11,9 @@ use std::path::Path;
 use lossbench_rng::{Purpose, Stream};
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, IMAGE_BYTES, IMAGE_SIDE, Kind, Split};
+use crate::{CIFAR_SIDE, DataError, Kind, Split, crop_pad, image_len};
+
+const IMAGE_BYTES: usize = image_len(CIFAR_SIDE);
 
 /// Manifest file that marks a folder as synthetic and records how it was made.
 pub const MANIFEST: &str = "lossbench-synthetic.json";
@@ -111,8 +113,9 @@ impl Texture {
         Self { gratings, offset }
     }
 
-    fn value(&self, ch: usize, x: f64, y: f64) -> f64 {
-        let side = IMAGE_SIDE as f64;
+    /// The texture at pixel `(x, y)` of an image whose shorter side is `side` (one period
+    /// of the slowest grating per `side` pixels, whatever the size).
+    fn value(&self, ch: usize, x: f64, y: f64, side: f64) -> f64 {
         self.offset[ch]
             + self.gratings[ch]
                 .iter()
@@ -124,18 +127,30 @@ impl Texture {
     }
 }
 
-fn render(textures: &[Texture], class: usize, stream: &mut Stream, out: &mut Vec<u8>) {
+/// An image of `class`, `width`×`height` (the texture scaled to the shorter side), appended
+/// to `out` as channel planes. At 32×32 these are the CIFAR-format set's images.
+fn render(
+    textures: &[Texture],
+    class: usize,
+    (width, height): (usize, usize),
+    stream: &mut Stream,
+    out: &mut Vec<u8>,
+) {
+    let side = width.min(height);
+    let shift = crop_pad(side) as u64;
     let other =
         (class + 1 + stream.below(textures.len().max(2) as u64 - 1) as usize) % textures.len();
-    let (dx, dy) = (stream.below(9) as f64 - 4.0, stream.below(9) as f64 - 4.0);
+    let dx = stream.below(2 * shift + 1) as f64 - shift as f64;
+    let dy = stream.below(2 * shift + 1) as f64 - shift as f64;
     let contrast = 0.6 + 0.6 * stream.next_f64();
     let blend = 0.7 * stream.next_f64();
+    let scale = side as f64;
     for ch in 0..3 {
-        for y in 0..IMAGE_SIDE {
-            for x in 0..IMAGE_SIDE {
+        for y in 0..height {
+            for x in 0..width {
                 let (xf, yf) = (x as f64 + dx, y as f64 + dy);
-                let v = contrast * textures[class].value(ch, xf, yf)
-                    + blend * textures[other].value(ch, x as f64, y as f64)
+                let v = contrast * textures[class].value(ch, xf, yf, scale)
+                    + blend * textures[other].value(ch, x as f64, y as f64, scale)
                     + NOISE_STD * stream.normal();
                 out.push((128.0 + 70.0 * v).round().clamp(0.0, 255.0) as u8);
             }
@@ -147,17 +162,7 @@ fn render(textures: &[Texture], class: usize, stream: &mut Stream, out: &mut Vec
 /// `class % 20`) plus its manifest to `dir`. Deterministic for a seed. The manifest is written
 /// last, so an interrupted run leaves a folder that `load` rejects.
 pub fn write(dir: &Path, config: SynthConfig) -> Result<SynthManifest, DataError> {
-    if !(2..=100).contains(&config.classes) {
-        return Err(DataError::Invalid(format!(
-            "--classes {} is invalid: must be in [2, 100]",
-            config.classes
-        )));
-    }
-    if config.train_per_class == 0 || config.test_per_class == 0 {
-        return Err(DataError::Invalid(
-            "--train-per-class and --test-per-class must be at least 1".into(),
-        ));
-    }
+    check(config)?;
     std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
     let _ = std::fs::remove_file(dir.join(MANIFEST));
     let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
@@ -177,7 +182,13 @@ pub fn write(dir: &Path, config: SynthConfig) -> Result<SynthManifest, DataError
             let class = i % config.classes;
             let mut stream = Stream::new(config.seed, Purpose::Synthetic, salt).sub(i as u64);
             pixels.clear();
-            render(&textures, class, &mut stream, &mut pixels);
+            render(
+                &textures,
+                class,
+                (CIFAR_SIDE, CIFAR_SIDE),
+                &mut stream,
+                &mut pixels,
+            );
             bytes.push((class % 20) as u8);
             bytes.push(class as u8);
             bytes.extend_from_slice(&pixels);
@@ -197,6 +208,146 @@ pub fn write(dir: &Path, config: SynthConfig) -> Result<SynthManifest, DataError
     };
     manifest.write(dir)?;
     Ok(manifest)
+}
+
+/// Files of `lossbench data synth --format folder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Png,
+    Jpeg,
+    /// PNG and JPEG in turn.
+    Mixed,
+}
+
+/// What a synthetic image folder is, written to its [`MANIFEST`] (which marks the folder's
+/// runs as synthetic in the report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderManifest {
+    pub layout: String,
+    pub classes: usize,
+    pub train_per_class: usize,
+    pub test_per_class: usize,
+    pub seed: u64,
+    /// Shorter side of the images (their sizes vary around it).
+    pub side: usize,
+    pub file_format: FileFormat,
+    pub format: u32,
+}
+
+/// Size of image `i` at shorter side `side`: square, wide, tall, larger — a folder of mixed
+/// sizes, as photographs are.
+fn folder_image_size(i: usize, side: usize) -> (usize, usize) {
+    match i % 4 {
+        0 => (side, side),
+        1 => (side * 3 / 2, side),
+        2 => (side, side * 5 / 4),
+        _ => (side * 2, side * 3 / 2),
+    }
+}
+
+/// Image `i` as a file: RGB, grey, RGBA or grey+alpha in turn (JPEG has no alpha: RGB, grey).
+fn folder_image(
+    planes: &[u8],
+    (w, h): (usize, usize),
+    i: usize,
+    jpeg: bool,
+) -> image::DynamicImage {
+    let plane = w * h;
+    let rgb = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let at = y as usize * w + x as usize;
+        image::Rgb([planes[at], planes[plane + at], planes[2 * plane + at]])
+    });
+    let rgb = image::DynamicImage::ImageRgb8(rgb);
+    match (i % 4, jpeg) {
+        (0, _) => rgb,
+        (1, _) | (3, true) => image::DynamicImage::ImageLuma8(rgb.to_luma8()),
+        (2, false) => image::DynamicImage::ImageRgba8(rgb.to_rgba8()),
+        (2, true) => rgb,
+        _ => image::DynamicImage::ImageLumaA8(rgb.to_luma_alpha8()),
+    }
+}
+
+/// Write the synthetic set as an image folder: `dir/train/class-KK/NNNNN.png` (or `.jpg`) and
+/// `dir/test/…`, images of mixed sizes (shorter side `side`) and colour modes. Deterministic
+/// for a seed; the manifest is written last.
+pub fn write_folder(
+    dir: &Path,
+    config: SynthConfig,
+    side: usize,
+    file_format: FileFormat,
+) -> Result<FolderManifest, DataError> {
+    use rayon::prelude::*;
+    check(config)?;
+    if !(8..=512).contains(&side) {
+        return Err(DataError::Invalid(format!(
+            "--side {side} is invalid: must be in [8, 512]"
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    let _ = std::fs::remove_file(dir.join(MANIFEST));
+    let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
+    let textures: Vec<Texture> = (0..config.classes)
+        .map(|_| Texture::random(&mut tex_stream))
+        .collect();
+    let width = (config.classes - 1).to_string().len().max(2);
+    for (split, per_class, salt) in [
+        ("train", config.train_per_class, 1),
+        ("test", config.test_per_class, 2),
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join(split));
+        (0..per_class * config.classes)
+            .into_par_iter()
+            .try_for_each(|i| -> Result<(), DataError> {
+                let class = i % config.classes;
+                let mut stream = Stream::new(config.seed, Purpose::Synthetic, salt).sub(i as u64);
+                let size = folder_image_size(i, side);
+                let mut pixels = Vec::with_capacity(3 * size.0 * size.1);
+                render(&textures, class, size, &mut stream, &mut pixels);
+                let jpeg = match file_format {
+                    FileFormat::Png => false,
+                    FileFormat::Jpeg => true,
+                    FileFormat::Mixed => i % 2 == 1,
+                };
+                let folder = dir.join(split).join(format!("class-{class:0width$}"));
+                std::fs::create_dir_all(&folder).map_err(DataError::io(&folder))?;
+                let path = folder.join(format!("{i:05}.{}", if jpeg { "jpg" } else { "png" }));
+                folder_image(&pixels, size, i, jpeg)
+                    .save(&path)
+                    .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))
+            })?;
+    }
+    let manifest = FolderManifest {
+        layout: "folder".into(),
+        classes: config.classes,
+        train_per_class: config.train_per_class,
+        test_per_class: config.test_per_class,
+        seed: config.seed,
+        side,
+        file_format,
+        format: FORMAT,
+    };
+    let path = dir.join(MANIFEST);
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Invalid(e.to_string()))?;
+    std::fs::write(&path, json).map_err(DataError::io(&path))?;
+    Ok(manifest)
+}
+
+fn check(config: SynthConfig) -> Result<(), DataError> {
+    if !(2..=100).contains(&config.classes) {
+        return Err(DataError::Invalid(format!(
+            "--classes {} is invalid: must be in [2, 100]",
+            config.classes
+        )));
+    }
+    if config.train_per_class == 0 || config.test_per_class == 0 {
+        return Err(DataError::Invalid(
+            "--train-per-class and --test-per-class must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,7 +406,7 @@ mod tests {
         )
         .expect("synth");
         let set = load(dir.path(), Kind::Cifar100, Split::Train).expect("load");
-        let mean = |class: u8, parity: usize| -> Vec<f64> {
+        let mean = |class: u16, parity: usize| -> Vec<f64> {
             let idx: Vec<usize> = (0..set.len())
                 .filter(|&i| set.labels[i] == class && (i / 3) % 2 == parity)
                 .collect();

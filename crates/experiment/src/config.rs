@@ -54,6 +54,55 @@ pub struct Experiment {
     /// How the per-loss sweeps (`[[losses]] sweep = {…}`) are trained and judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepConfig>,
+    /// How the report judges the losses.
+    #[serde(default, skip_serializing_if = "ReportConfig::is_default")]
+    pub report: ReportConfig,
+}
+
+/// `[report]`: the headline metric of verdicts, forest plot and pairwise table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Default: `top1` under the closed protocol, `map_at_r` under the open one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<Headline>,
+}
+
+impl ReportConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A test metric that can head the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Headline {
+    Top1,
+    MapAtR,
+    RecallAt1,
+}
+
+impl Headline {
+    /// Column stem in the records and report (`test_<stem>`).
+    #[must_use]
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::Top1 => "top1",
+            Self::MapAtR => "map_at_r",
+            Self::RecallAt1 => "recall_at_1",
+        }
+    }
+
+    /// Name in prose and table headers.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Top1 => "top-1",
+            Self::MapAtR => "MAP@R",
+            Self::RecallAt1 => "Recall@1",
+        }
+    }
 }
 
 /// Shared settings of every sweep run: trained on the training split minus the validation
@@ -64,13 +113,16 @@ pub struct SweepConfig {
     pub epochs: u32,
     #[serde(default = "seed_zero")]
     pub seeds: Vec<u64>,
-    /// `val_top1` (higher is better) or `val_loss` (lower is better), at the last epoch.
-    #[serde(default = "val_top1")]
+    /// `val_top1` (higher is better), `val_loss` (lower is better), `val_map_at_r` or
+    /// `val_recall_at_1` (higher is better), at the last epoch. Default: `val_top1`, under
+    /// the open protocol `val_map_at_r`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metric: String,
 }
 
-/// Metrics a sweep can select by.
-pub const SWEEP_METRICS: &[&str] = &["val_top1", "val_loss"];
+/// Metrics a sweep can select by (the last two are the open protocol's, whose validation
+/// classes are unseen: no top-1, no loss).
+pub const SWEEP_METRICS: &[&str] = &["val_top1", "val_loss", "val_map_at_r", "val_recall_at_1"];
 
 /// The sweep key that is not a loss parameter: the head's learning-rate factor.
 pub const HEAD_LR_SCALE: &str = "head_lr_scale";
@@ -78,17 +130,19 @@ pub const HEAD_LR_SCALE: &str = "head_lr_scale";
 fn seed_zero() -> Vec<u64> {
     vec![0]
 }
-fn val_top1() -> String {
-    "val_top1".into()
-}
 
-/// Which data set and where its `.bin` files are.
+/// Which data set, where it is, and how a run splits it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub set: DataSetName,
-    /// Folder holding the binary files (e.g. `data/cifar-100-binary`).
+    /// CIFAR: the folder holding the binary files (e.g. `data/cifar-100-binary`); `folder`:
+    /// the folder holding `train/`, `test/` (and `val/`). Not used by `csv`.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub dir: PathBuf,
+    /// `csv`: the list of `path,label,split` rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// If present, the folder holds lossbench's synthetic set and is generated when missing.
     #[serde(default)]
     pub synthetic: Option<SynthSettings>,
@@ -96,9 +150,61 @@ pub struct DataConfig {
     /// every loss and seed); 0 = none, model selection is then impossible without the test set.
     #[serde(default)]
     pub validation: usize,
+    /// The open protocol's validation split: whole training classes held out; 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validation_classes: usize,
     /// The training augmentation (default: crop and flip, no rotation).
     #[serde(default, skip_serializing_if = "Augment::is_standard")]
     pub augment: Augment,
+    /// Side of the square images of a set of your own (default 32; CIFAR is 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Leave unreadable images of your own out (listed in run.json) instead of refusing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_unreadable: bool,
+    /// Where decoded images of your own are packed (default `~/.cache/lossbench`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
+    /// `closed` (test classes are the training classes) or `open` (unseen test classes).
+    #[serde(default, skip_serializing_if = "Protocol::is_closed")]
+    pub protocol: Protocol,
+    /// Open protocol on a set whose splits share classes: the first `train_classes` classes
+    /// by sorted name train, the others test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenSettings>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// Closed or open set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Closed,
+    Open,
+}
+
+impl Protocol {
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        *self == Self::Closed
+    }
+}
+
+/// `[data] open = { train_classes = K }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSettings {
+    pub train_classes: usize,
 }
 
 /// Training augmentation, applied in torchvision's order: random crop of the zero-padded
@@ -139,23 +245,56 @@ impl Augment {
 }
 
 impl DataConfig {
-    /// `cifar10` or `cifar100`.
+    /// `cifar10`, `cifar100`, `folder` or `csv`.
     #[must_use]
     pub fn set_name(&self) -> &'static str {
         match self.set {
             DataSetName::Cifar10 => "cifar10",
             DataSetName::Cifar100 => "cifar100",
+            DataSetName::Folder => "folder",
+            DataSetName::Csv => "csv",
         }
+    }
+
+    /// Whether the images are the user's own (a folder or a CSV), not CIFAR files.
+    #[must_use]
+    pub fn is_own(&self) -> bool {
+        matches!(self.set, DataSetName::Folder | DataSetName::Csv)
+    }
+
+    /// The side of the images a run trains on.
+    #[must_use]
+    pub fn image_side(&self) -> usize {
+        self.image_size.unwrap_or(32)
+    }
+
+    /// The path that holds the data: the CSV file for `csv`, else `dir`.
+    #[must_use]
+    pub fn location(&self) -> &Path {
+        match (&self.set, &self.file) {
+            (DataSetName::Csv, Some(file)) => file,
+            _ => &self.dir,
+        }
+    }
+
+    /// Whether the test classes are unseen in training.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.protocol == Protocol::Open
     }
 }
 
-/// CIFAR-10 or CIFAR-100.
+/// CIFAR-10, CIFAR-100, an image folder or a CSV list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataSetName {
     #[serde(rename = "cifar10")]
     Cifar10,
     #[serde(rename = "cifar100")]
     Cifar100,
+    #[serde(rename = "folder")]
+    Folder,
+    #[serde(rename = "csv")]
+    Csv,
 }
 
 /// Settings of a generated synthetic set.
@@ -323,7 +462,7 @@ impl Experiment {
 
     /// Parse and validate TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let experiment: Self = toml::from_str(text).map_err(|e| {
+        let mut experiment: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             let key = text
                 .lines()
@@ -343,8 +482,140 @@ impl Experiment {
                 message,
             }
         })?;
+        if let Some(sweep) = &mut experiment.sweep
+            && sweep.metric.is_empty()
+        {
+            sweep.metric = if experiment.data.is_open() {
+                "val_map_at_r"
+            } else {
+                "val_top1"
+            }
+            .into();
+        }
         experiment.validate(path)?;
         Ok(experiment)
+    }
+
+    /// The report's headline metric: `[report] headline`, else top-1 (closed protocol) or
+    /// MAP@R (open protocol, where top-1 does not exist).
+    #[must_use]
+    pub fn headline(&self) -> Headline {
+        self.report.headline.unwrap_or(if self.data.is_open() {
+            Headline::MapAtR
+        } else {
+            Headline::Top1
+        })
+    }
+
+    /// `[data]`'s rules: where each kind of set is named, the protocol's settings.
+    fn validate_data(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, allowed: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value,
+                allowed: allowed.to_string(),
+            })
+        };
+        let d = &self.data;
+        let set = d.set_name();
+        match d.set {
+            DataSetName::Csv => {
+                if d.file.is_none() {
+                    return bad(
+                        "data.file",
+                        "(missing)".into(),
+                        "set = \"csv\" names its list of path,label,split rows with data.file",
+                    );
+                }
+            }
+            _ => {
+                if d.dir.as_os_str().is_empty() {
+                    return bad(
+                        "data.dir",
+                        "(missing)".into(),
+                        &format!("set = \"{set}\" needs the folder that holds it"),
+                    );
+                }
+                if d.file.is_some() {
+                    return bad(
+                        "data.file",
+                        "…".into(),
+                        "only set = \"csv\" reads a file; a folder or CIFAR set is named by data.dir",
+                    );
+                }
+            }
+        }
+        if d.is_own() {
+            if d.synthetic.is_some() {
+                return bad(
+                    "data.synthetic",
+                    "…".into(),
+                    "generates CIFAR-format files; for a synthetic image folder run `lossbench data synth --format folder` and point data.dir there",
+                );
+            }
+        } else {
+            if d.image_size.is_some_and(|n| n != 32) {
+                return bad(
+                    "data.image_size",
+                    format!("{}", d.image_size.unwrap_or(0)),
+                    "CIFAR images are 32×32; image_size applies to set = \"folder\" or \"csv\"",
+                );
+            }
+            if d.skip_unreadable {
+                return bad(
+                    "data.skip_unreadable",
+                    "true".into(),
+                    "applies to image folders and CSV lists, not CIFAR files",
+                );
+            }
+        }
+        if let Some(n) = d.image_size
+            && !(8..=1024).contains(&n)
+        {
+            return bad(
+                "data.image_size",
+                n.to_string(),
+                "must be in [8, 1024] (the CIFAR ResNets need 8 pixels for their stride-2 stages)",
+            );
+        }
+        if d.open.is_some() && !d.is_open() {
+            return bad(
+                "data.open",
+                "…".into(),
+                "splits the classes for the open protocol: also set data.protocol = \"open\"",
+            );
+        }
+        if d.is_open() {
+            if d.validation > 0 {
+                return bad(
+                    "data.validation",
+                    d.validation.to_string(),
+                    "holds out images of the training classes; the open protocol holds out whole classes: use data.validation_classes",
+                );
+            }
+            if self.report.headline == Some(Headline::Top1) {
+                return bad(
+                    "report.headline",
+                    "\"top1\"".into(),
+                    "the open protocol's test classes are unseen in training, so there is no top-1: use \"map_at_r\" or \"recall_at_1\"",
+                );
+            }
+            if !self.claimed.is_empty() {
+                return bad(
+                    "claimed",
+                    "…".into(),
+                    "claims are top-1 accuracies, which the open protocol does not have",
+                );
+            }
+        } else if d.validation_classes > 0 {
+            return bad(
+                "data.validation_classes",
+                d.validation_classes.to_string(),
+                "holds out whole classes, which only the open protocol does: under the closed protocol use data.validation (images)",
+            );
+        }
+        Ok(())
     }
 
     /// Check every value that serde cannot (ranges, uniqueness, cross references).
@@ -489,6 +760,7 @@ impl Experiment {
                 "must be in [0, 180] degrees",
             );
         }
+        self.validate_data(path)?;
         self.validate_sweep(path)?;
         if self.seeds.is_empty() {
             return bad("seeds", "[]".into(), "must list at least one seed");
@@ -613,7 +885,22 @@ impl Experiment {
                         &format!("must be one of {}", SWEEP_METRICS.join(", ")),
                     );
                 }
-                if self.data.validation == 0 {
+                let open = self.data.is_open();
+                if open && !s.metric.starts_with("val_map") && !s.metric.starts_with("val_recall") {
+                    return bad(
+                        "sweep.metric",
+                        format!("{:?}", s.metric),
+                        "the open protocol's validation classes are unseen in training: use val_map_at_r or val_recall_at_1",
+                    );
+                }
+                if open && self.data.validation_classes == 0 {
+                    return bad(
+                        "data.validation_classes",
+                        "0".into(),
+                        "a sweep is judged on the validation split: under the open protocol hold out some training classes (e.g. validation_classes = 20)",
+                    );
+                }
+                if !open && self.data.validation == 0 {
                     return bad(
                         "data.validation",
                         "0".into(),

@@ -143,6 +143,25 @@ impl RunIdentity {
             "data.validation".into(),
             experiment.data.validation.to_string(),
         );
+        // Only where they differ from the defaults (CIFAR, closed), so that existing runs
+        // keep their identity.
+        let d = &experiment.data;
+        if d.is_own() {
+            values.insert("data.image_size".into(), d.image_side().to_string());
+            values.insert("data.skip_unreadable".into(), d.skip_unreadable.to_string());
+        }
+        if d.is_open() {
+            values.insert("data.protocol".into(), "open".into());
+            values.insert(
+                "data.open.train_classes".into(),
+                d.open
+                    .map_or("listing".into(), |o| o.train_classes.to_string()),
+            );
+            values.insert(
+                "data.validation_classes".into(),
+                d.validation_classes.to_string(),
+            );
+        }
         // Only a non-standard augmentation is listed: runs from before it could be chosen
         // (crop and flip) keep their identity.
         if !experiment.data.augment.is_standard() {
@@ -202,7 +221,10 @@ pub fn shared_settings(e: &Experiment) -> BTreeMap<String, String> {
         "model": e.model,
         "training": e.training,
     }));
-    keys.remove("data.dir");
+    // Where the data is is not what it is (the runs record its content).
+    for location in ["data.dir", "data.file", "data.cache"] {
+        keys.remove(location);
+    }
     keys
 }
 

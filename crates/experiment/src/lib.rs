@@ -14,15 +14,15 @@ mod sweep_record;
 pub use atomic::{atomic_write, atomic_write_all, atomic_write_with};
 pub use config::{
     ARCHS, Augment, Claim, ConfigError, DataConfig, DataSetName, Embedding, Experiment,
-    HEAD_LR_SCALE, HeadInit, LossEntry, ModelConfig, PRECISIONS, SWEEP_METRICS, Schedule,
-    SweepConfig, SynthSettings, TrainingConfig,
+    HEAD_LR_SCALE, HeadInit, Headline, LossEntry, ModelConfig, OpenSettings, PRECISIONS, Protocol,
+    ReportConfig, SWEEP_METRICS, Schedule, SweepConfig, SynthSettings, TrainingConfig,
 };
 pub use identity::{
     CopyOutcome, Difference, RunIdentity, claim_experiment_copy, describe, differences, flatten,
     sha256_hex, shared_settings,
 };
 pub use layout::{EXPERIMENT_COPY, RunDir, discover_runs, experiment_dir};
-pub use manifest::{RunManifest, RunStatus, now_rfc3339};
+pub use manifest::{DataSummary, RunManifest, RunStatus, now_rfc3339};
 pub use records::{
     EpochRecord, MetricsRead, frame_to_records, read_metrics, read_metrics_csv,
     read_metrics_resilient, records_to_frame, same_rows, write_metrics,

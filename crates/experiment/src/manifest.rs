@@ -52,6 +52,32 @@ pub struct RunManifest {
     /// older lossbench, which are then never resumed).
     #[serde(default)]
     pub identity: Option<RunIdentity>,
+    /// The classes the run saw and the images it left out (absent in runs of an older
+    /// lossbench).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSummary>,
+}
+
+/// What a run's data was, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Side of the square images.
+    pub image_size: usize,
+    /// `closed` or `open`.
+    pub protocol: String,
+    /// Name of each training label, in label order (the head's classes).
+    pub train_classes: Vec<String>,
+    /// Name of each test label (the open protocol's unseen classes; else the training ones).
+    pub test_classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_classes: Vec<String>,
+    pub train_images: usize,
+    pub test_images: usize,
+    #[serde(default)]
+    pub validation_images: usize,
+    /// Images left out with `skip_unreadable`, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_images: Vec<String>,
 }
 
 impl RunManifest {

@@ -29,19 +29,26 @@ pub struct EpochRecord {
     /// The loss (with margin) on the validation split held out of the training images.
     pub val_loss: Option<f64>,
     pub val_top1: Option<f64>,
-    /// The loss (with margin) on the test split.
-    pub test_loss: f64,
-    pub test_top1: f64,
-    pub test_top5: f64,
+    /// Retrieval on the validation split (the open protocol's model selection).
+    pub val_recall_at_1: Option<f64>,
+    pub val_map_at_r: Option<f64>,
+    /// The loss (with margin) on the test split; `None` under the open protocol (the test
+    /// classes are not the head's), as are top-1, top-5 and the angles.
+    pub test_loss: Option<f64>,
+    pub test_top1: Option<f64>,
+    pub test_top5: Option<f64>,
     /// Retrieval on the test split with the L2-normalised features (leave-one-out, cosine):
-    /// the nearest other image has the query's class.
+    /// Recall@K is the share of queries with an image of their class among the K nearest.
     pub test_recall_at_1: Option<f64>,
+    pub test_recall_at_2: Option<f64>,
+    pub test_recall_at_4: Option<f64>,
+    pub test_recall_at_8: Option<f64>,
     /// Mean average precision at R (Musgrave et al. 2020), R = other images of the class.
     pub test_map_at_r: Option<f64>,
     /// Mean angle between a test feature and its class weight.
-    pub target_angle_deg: f64,
+    pub target_angle_deg: Option<f64>,
     /// Mean angle between a test feature and the nearest other class weight.
-    pub nearest_other_angle_deg: f64,
+    pub nearest_other_angle_deg: Option<f64>,
     /// Wall time of training and evaluation.
     pub epoch_seconds: f64,
     /// Training images per second.
@@ -64,41 +71,57 @@ pub fn records_to_frame(records: &[EpochRecord]) -> Result<DataFrame> {
     let col_s = |name: &str, f: fn(&EpochRecord) -> &str| {
         Column::new(name.into(), records.iter().map(f).collect::<Vec<&str>>())
     };
-    let frame = DataFrame::new(
-        records.len(),
-        vec![
-            col_s("experiment", |r| &r.experiment),
-            col_s("loss", |r| &r.loss),
-            Column::new(
-                "seed".into(),
-                records.iter().map(|r| r.seed).collect::<Vec<u64>>(),
-            ),
-            Column::new(
-                "epoch".into(),
-                records.iter().map(|r| r.epoch).collect::<Vec<u32>>(),
-            ),
-            Column::new(
-                "iteration".into(),
-                records.iter().map(|r| r.iteration).collect::<Vec<u64>>(),
-            ),
-            col_f("lr", |r| r.lr),
-            col_f("train_loss", |r| r.train_loss),
-            col_f("train_top1", |r| r.train_top1),
-            col_o("val_loss", |r| r.val_loss),
-            col_o("val_top1", |r| r.val_top1),
-            col_f("test_loss", |r| r.test_loss),
-            col_f("test_top1", |r| r.test_top1),
-            col_f("test_top5", |r| r.test_top5),
-            col_o("test_recall_at_1", |r| r.test_recall_at_1),
-            col_o("test_map_at_r", |r| r.test_map_at_r),
-            col_f("target_angle_deg", |r| r.target_angle_deg),
-            col_f("nearest_other_angle_deg", |r| r.nearest_other_angle_deg),
-            col_f("epoch_seconds", |r| r.epoch_seconds),
-            col_f("images_per_second", |r| r.images_per_second),
-            col_s("backend", |r| &r.backend),
-        ],
-    )?;
-    Ok(frame)
+    // Columns added with the open protocol are written only when a row has a value, so
+    // the files of closed-set runs keep their columns.
+    let col_new = |name: &str, f: fn(&EpochRecord) -> Option<f64>| {
+        records
+            .iter()
+            .any(|r| f(r).is_some())
+            .then(|| col_o(name, f))
+    };
+    let mut columns = vec![
+        col_s("experiment", |r| &r.experiment),
+        col_s("loss", |r| &r.loss),
+        Column::new(
+            "seed".into(),
+            records.iter().map(|r| r.seed).collect::<Vec<u64>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            records.iter().map(|r| r.epoch).collect::<Vec<u32>>(),
+        ),
+        Column::new(
+            "iteration".into(),
+            records.iter().map(|r| r.iteration).collect::<Vec<u64>>(),
+        ),
+        col_f("lr", |r| r.lr),
+        col_f("train_loss", |r| r.train_loss),
+        col_f("train_top1", |r| r.train_top1),
+        col_o("val_loss", |r| r.val_loss),
+        col_o("val_top1", |r| r.val_top1),
+        col_o("test_loss", |r| r.test_loss),
+        col_o("test_top1", |r| r.test_top1),
+        col_o("test_top5", |r| r.test_top5),
+        col_o("test_recall_at_1", |r| r.test_recall_at_1),
+        col_o("test_map_at_r", |r| r.test_map_at_r),
+        col_o("target_angle_deg", |r| r.target_angle_deg),
+        col_o("nearest_other_angle_deg", |r| r.nearest_other_angle_deg),
+        col_f("epoch_seconds", |r| r.epoch_seconds),
+        col_f("images_per_second", |r| r.images_per_second),
+        col_s("backend", |r| &r.backend),
+    ];
+    columns.extend(
+        [
+            col_new("val_recall_at_1", |r| r.val_recall_at_1),
+            col_new("val_map_at_r", |r| r.val_map_at_r),
+            col_new("test_recall_at_2", |r| r.test_recall_at_2),
+            col_new("test_recall_at_4", |r| r.test_recall_at_4),
+            col_new("test_recall_at_8", |r| r.test_recall_at_8),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    Ok(DataFrame::new(records.len(), columns)?)
 }
 
 /// Read records back from a frame written by [`records_to_frame`] (or by an older lossbench,
@@ -159,13 +182,19 @@ pub fn frame_to_records(frame: &DataFrame) -> Result<Vec<EpochRecord>> {
         f("lr")?,
         f("train_loss")?,
         f("train_top1")?,
-        f("test_loss")?,
+        optional("test_loss")?,
     );
     let (test_top1, test_top5, target, nearest) = (
-        f("test_top1")?,
-        f("test_top5")?,
-        f("target_angle_deg")?,
-        f("nearest_other_angle_deg")?,
+        optional("test_top1")?,
+        optional("test_top5")?,
+        optional("target_angle_deg")?,
+        optional("nearest_other_angle_deg")?,
+    );
+    let (val_recall, val_map) = (optional("val_recall_at_1")?, optional("val_map_at_r")?);
+    let (recall2, recall4, recall8) = (
+        optional("test_recall_at_2")?,
+        optional("test_recall_at_4")?,
+        optional("test_recall_at_8")?,
     );
     let (secs, ips) = (f("epoch_seconds")?, f("images_per_second")?);
     let (val_loss, val_top1) = (optional("val_loss")?, optional("val_top1")?);
@@ -183,10 +212,15 @@ pub fn frame_to_records(frame: &DataFrame) -> Result<Vec<EpochRecord>> {
             train_top1: train_top1[i],
             val_loss: val_loss[i],
             val_top1: val_top1[i],
+            val_recall_at_1: val_recall[i],
+            val_map_at_r: val_map[i],
             test_loss: test_loss[i],
             test_top1: test_top1[i],
             test_top5: test_top5[i],
             test_recall_at_1: recall[i],
+            test_recall_at_2: recall2[i],
+            test_recall_at_4: recall4[i],
+            test_recall_at_8: recall8[i],
             test_map_at_r: map_r[i],
             target_angle_deg: target[i],
             nearest_other_angle_deg: nearest[i],
@@ -263,16 +297,7 @@ pub fn read_metrics_resilient(run: &RunDir) -> Result<MetricsRead> {
 pub fn same_rows(a: &[EpochRecord], b: &[EpochRecord]) -> bool {
     let key = |r: &EpochRecord| {
         let mut r = r.clone();
-        for v in [
-            &mut r.lr,
-            &mut r.train_loss,
-            &mut r.train_top1,
-            &mut r.test_loss,
-            &mut r.test_top1,
-            &mut r.test_top5,
-            &mut r.target_angle_deg,
-            &mut r.nearest_other_angle_deg,
-        ] {
+        for v in [&mut r.lr, &mut r.train_loss, &mut r.train_top1] {
             if v.is_nan() {
                 *v = f64::INFINITY;
             }
@@ -280,8 +305,18 @@ pub fn same_rows(a: &[EpochRecord], b: &[EpochRecord]) -> bool {
         for v in [
             &mut r.val_loss,
             &mut r.val_top1,
+            &mut r.val_recall_at_1,
+            &mut r.val_map_at_r,
+            &mut r.test_loss,
+            &mut r.test_top1,
+            &mut r.test_top5,
             &mut r.test_recall_at_1,
+            &mut r.test_recall_at_2,
+            &mut r.test_recall_at_4,
+            &mut r.test_recall_at_8,
             &mut r.test_map_at_r,
+            &mut r.target_angle_deg,
+            &mut r.nearest_other_angle_deg,
         ] {
             if v.is_some_and(f64::is_nan) {
                 *v = Some(f64::INFINITY);
@@ -344,13 +379,18 @@ mod tests {
             train_top1: 0.4,
             val_loss: (epoch > 1).then_some(2.25),
             val_top1: (epoch > 1).then_some(0.1 + 1.0 / 3.0),
-            test_loss: 2.0,
-            test_top1: top1,
-            test_top5: 0.9,
+            val_recall_at_1: None,
+            val_map_at_r: None,
+            test_loss: Some(2.0),
+            test_top1: Some(top1),
+            test_top5: Some(0.9),
             test_recall_at_1: Some(0.7),
+            test_recall_at_2: None,
+            test_recall_at_4: None,
+            test_recall_at_8: None,
             test_map_at_r: Some(0.123_456_789_012_345_67),
-            target_angle_deg: 60.0,
-            nearest_other_angle_deg: 80.0,
+            target_angle_deg: Some(60.0),
+            nearest_other_angle_deg: Some(80.0),
             epoch_seconds: 1.5,
             images_per_second: 100.0,
             backend: "flex".into(),
@@ -429,7 +469,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].val_top1, rows[0].test_map_at_r), (None, None));
         assert_eq!(rows[0].backend, "");
-        assert_eq!(rows[0].test_top1, 0.25);
+        assert_eq!(rows[0].test_top1, Some(0.25));
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl PodPaths<'_> {
         let data = options
             .data_dir
             .clone()
-            .unwrap_or_else(|| experiment.data.dir.clone());
+            .unwrap_or_else(|| experiment.data.location().to_path_buf());
         let data = if data.is_absolute() {
             data
         } else {

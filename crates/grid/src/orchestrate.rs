@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use lossbench_data::{DataSource, Kind, Splits, synth::SynthConfig};
+use lossbench_data::own::default_cache_dir;
+use lossbench_data::{DataError, DataSource, Kind, Origin, Protocol, Splits, synth::SynthConfig};
 use lossbench_experiment::{
     CopyOutcome, DataSetName, Experiment, RunDir, RunManifest, RunStatus, claim_experiment_copy,
     describe, differences,
@@ -79,22 +80,46 @@ pub fn refuse<T, E: Into<anyhow::Error>>(result: Result<T, E>) -> Result<T> {
     result.map_err(|e| BadInput(e.into()).into())
 }
 
-/// Where the experiment's data is (`dir_override`: `--data-dir`) and how to get it.
+/// Where the experiment's data is (`dir_override`: `--data-dir`, the folder of a CIFAR or
+/// folder set, the CSV file of a csv set) and how a run splits it.
 #[must_use]
 pub fn data_source(experiment: &Experiment, dir_override: Option<&Path>) -> DataSource {
-    DataSource {
-        kind: match experiment.data.set {
-            DataSetName::Cifar10 => Kind::Cifar10,
-            DataSetName::Cifar100 => Kind::Cifar100,
+    let d = &experiment.data;
+    let at = |configured: &Path| dir_override.unwrap_or(configured).to_path_buf();
+    let origin = match d.set {
+        DataSetName::Cifar10 | DataSetName::Cifar100 => Origin::Cifar {
+            kind: if d.set == DataSetName::Cifar10 {
+                Kind::Cifar10
+            } else {
+                Kind::Cifar100
+            },
+            dir: at(&d.dir),
+            synthetic: d.synthetic.map(|s| SynthConfig {
+                classes: s.classes,
+                train_per_class: s.train_per_class,
+                test_per_class: s.test_per_class,
+                seed: s.seed,
+            }),
         },
-        dir: dir_override.unwrap_or(&experiment.data.dir).to_path_buf(),
-        synthetic: experiment.data.synthetic.map(|s| SynthConfig {
-            classes: s.classes,
-            train_per_class: s.train_per_class,
-            test_per_class: s.test_per_class,
-            seed: s.seed,
-        }),
-        validation: experiment.data.validation,
+        DataSetName::Folder => Origin::Folder { dir: at(&d.dir) },
+        DataSetName::Csv => Origin::Csv {
+            file: at(d.location()),
+        },
+    };
+    DataSource {
+        origin,
+        image_size: d.image_side(),
+        skip_unreadable: d.skip_unreadable,
+        cache_dir: d.cache.clone().unwrap_or_else(default_cache_dir),
+        validation: d.validation,
+        validation_classes: d.validation_classes,
+        protocol: if d.is_open() {
+            Protocol::Open {
+                train_classes: d.open.map(|o| o.train_classes),
+            }
+        } else {
+            Protocol::Closed
+        },
     }
 }
 
@@ -106,7 +131,13 @@ pub fn load_data(
     fetch: bool,
     progress: &Progress,
 ) -> Result<Splits> {
-    data_source(experiment, dir_override).load(fetch, &|line| progress.line(line))
+    data_source(experiment, dir_override)
+        .load(fetch, &|line| progress.line(line))
+        .map_err(|e| {
+            // Only a failed download can succeed on a second try.
+            let download = matches!(e.downcast_ref(), Some(DataError::Download { .. }));
+            if download { e } else { BadInput(e).into() }
+        })
 }
 
 /// The runs one command acts on, in grid order, and where they live.
@@ -168,6 +199,26 @@ pub fn select(experiment: &Experiment, path: &Path, options: &RunOptions) -> Res
     })
 }
 
+/// `create_dir_all(dir)`, returning the folders it made (the first is the outermost).
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(missing.into_iter().rev().collect())
+}
+
+/// Remove the folders [`create_dirs`] made, innermost first, as long as they are empty.
+fn remove_empty_dirs(created: &[PathBuf]) {
+    for d in created.iter().rev() {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
+}
+
 /// Run every selected (loss, seed) of the experiment in `path`.
 pub fn run_experiment(
     path: &Path,
@@ -176,17 +227,17 @@ pub fn run_experiment(
 ) -> Result<Vec<RunReport>> {
     let experiment = refuse(Experiment::load(path))?;
     let planned = refuse(select(&experiment, path, options))?;
-    // Fail on an unwritable results folder before any long work (an empty folder is all
-    // this writes before the checks below).
-    std::fs::create_dir_all(&planned.root)
-        .with_context(|| format!("cannot create {}", planned.root.display()))?;
-    // Data first: an offline fetch should fail before any device is opened.
+    // Fail on an unwritable results folder before any long work; the folders made here are
+    // removed again if the data is refused, so bad data leaves nothing behind.
+    let created = create_dirs(&planned.root)?;
+    // Data before any device is opened: an offline fetch fails first.
     let data = load_data(
         &experiment,
         options.data_dir.as_deref(),
         options.fetch,
         progress,
-    )?;
+    )
+    .inspect_err(|_| remove_empty_dirs(&created))?;
     let precision: Precision = refuse(experiment.training.precision.parse())?;
     let backend = options.backend.resolve(options.device, precision)?;
     // Nothing is written before every existing run and the experiment copy agree.

@@ -122,6 +122,8 @@ pub fn choose(experiment: &Experiment, results: &Path) -> Result<SweepRecord> {
                         })?;
                         let value = match metric {
                             "val_loss" => last.val_loss,
+                            "val_map_at_r" => last.val_map_at_r,
+                            "val_recall_at_1" => last.val_recall_at_1,
                             _ => last.val_top1,
                         };
                         values.push(value.with_context(|| {
@@ -272,14 +274,19 @@ mod tests {
                     train_top1: 0.5,
                     val_loss: Some(loss),
                     val_top1: Some(top1),
-                    test_loss: 9.0,
+                    val_recall_at_1: None,
+                    val_map_at_r: None,
+                    test_loss: Some(9.0),
                     // The test set must play no part: make it disagree.
-                    test_top1: 1.0 - top1,
-                    test_top5: 1.0,
+                    test_top1: Some(1.0 - top1),
+                    test_top5: Some(1.0),
                     test_recall_at_1: None,
+                    test_recall_at_2: None,
+                    test_recall_at_4: None,
+                    test_recall_at_8: None,
                     test_map_at_r: None,
-                    target_angle_deg: 0.0,
-                    nearest_other_angle_deg: 0.0,
+                    target_angle_deg: Some(0.0),
+                    nearest_other_angle_deg: Some(0.0),
                     epoch_seconds: 1.0,
                     images_per_second: 1.0,
                     backend: "flex".into(),

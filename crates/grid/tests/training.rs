@@ -48,11 +48,13 @@ fn every_loss_runs_and_writes_its_files() {
         let rows = metrics(&results, loss, 0);
         assert_eq!(rows.len(), 2);
         for r in &rows {
-            for v in [r.train_top1, r.test_top1, r.test_top5] {
+            let (top1, top5) = (r.test_top1.expect("top-1"), r.test_top5.expect("top-5"));
+            for v in [r.train_top1, top1, top5] {
                 assert!((0.0..=1.0).contains(&v), "{loss}: accuracy {v}");
             }
-            assert!(r.test_top5 >= r.test_top1);
-            assert!(r.target_angle_deg > 0.0 && r.target_angle_deg < 180.0);
+            assert!(top5 >= top1);
+            let angle = r.target_angle_deg.expect("angle");
+            assert!(angle > 0.0 && angle < 180.0);
             for v in [r.test_map_at_r, r.test_recall_at_1] {
                 assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{loss}: {v:?}");
             }

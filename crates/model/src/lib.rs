@@ -367,10 +367,11 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// The embedding of a batch of images: `[batch, 3, 32, 32]` → `[batch, feature_dim]`.
+    /// The embedding of a batch of images: `[batch, 3, side, side]` → `[batch, feature_dim]`
+    /// (any side ≥ 8; designed for CIFAR's 32).
     #[must_use]
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = self.relu.forward(self.stem.forward(images)); // [batch, 64w, 32, 32]
+        let mut x = self.relu.forward(self.stem.forward(images)); // [batch, 64w, side, side]
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -463,9 +464,15 @@ mod tests {
         for arch in [Arch::ResNet18, Arch::ResNet50] {
             let config = ResNetConfig::new(arch).with_width(0.125);
             let model = config.init(1, &device).expect("valid");
-            let x = Tensor::<4>::zeros([2, 3, 32, 32], &device);
-            assert_eq!(model.forward_features(x).dims(), [2, config.feature_dim()]);
+            // Any side ≥ 8: global average pooling after the three stride-2 stages.
+            for side in [32, 8, 20, 64] {
+                let x = Tensor::<4>::zeros([2, 3, side, side], &device);
+                assert_eq!(model.forward_features(x).dims(), [2, config.feature_dim()]);
+            }
         }
+        // The cost grows with the pixels: 64×64 costs four times 32×32.
+        let r18 = ResNetConfig::new(Arch::ResNet18);
+        assert_eq!(r18.forward_macs(64), 4 * r18.forward_macs(32));
     }
 
     #[test]

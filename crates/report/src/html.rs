@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use lossbench_experiment::{Experiment, RunStatus};
+use lossbench_experiment::{DataSummary, Experiment, Headline, RunStatus};
 
 use crate::stats::Estimate;
-use crate::summary::{LossSummary, PairComparison, Results, Run, Unreadable};
+use crate::summary::{LossSummary, PairComparison, Results, Run, Unreadable, headline_of};
 
 const TEMPLATE: &str = include_str!("template.html");
 
@@ -99,17 +99,18 @@ fn status_cell(r: &LossSummary) -> String {
     parts.join("<br>")
 }
 
-fn table(rows: &[LossSummary]) -> String {
-    let with_validation = rows.iter().any(|r| r.selected_top1.is_some());
-    let mut t = String::from(
+fn table(rows: &[LossSummary], label: &str) -> String {
+    let with_validation = rows.iter().any(|r| r.selected_headline.is_some());
+    let mut t = format!(
         "<div class=\"scroll\"><table id=\"summary\"><thead><tr><th>loss</th><th>claimed top-1 % (epochs)</th><th>epochs run</th>\
-         <th>runs</th><th>final test top-1 %</th><th>95 % CI of the mean<br>95 % prediction interval</th>",
+         <th>runs</th><th>final test {label} %</th><th>95 % CI of the mean<br>95 % prediction interval</th>",
     );
     if with_validation {
-        t.push_str("<th>test top-1 % at the best validation epoch</th>");
+        let _ = write!(t, "<th>test {label} % at the best validation epoch</th>");
     }
-    t.push_str(
-        "<th>max test top-1 % over epochs <small>optimistic (selected on test)</small></th>\
+    let _ = write!(
+        t,
+        "<th>max test {label} % over epochs <small>optimistic (selected on test)</small></th>\
          <th>Δ softmax (pp) [95 % CI]</th><th>MAP@R %</th><th>Recall@1 %</th>\
          <th>epochs to 95 % / 99 %</th><th>s / epoch</th><th>verdict</th></tr></thead><tbody>",
     );
@@ -127,9 +128,9 @@ fn table(rows: &[LossSummary]) -> String {
             escape(&r.loss),
             r.epochs,
             status_cell(r),
-            mean_std(r.final_top1.as_ref()),
+            mean_std(r.final_headline.as_ref()),
             diverged_flag(r),
-            match r.final_top1.as_ref() {
+            match r.final_headline.as_ref() {
                 Some(e) if e.enough_for_interval() => format!(
                     "CI {}<br>PI {}",
                     interval(Some(e), |e| e.ci),
@@ -139,7 +140,7 @@ fn table(rows: &[LossSummary]) -> String {
             },
         );
         if with_validation {
-            let _ = write!(t, "<td>{}</td>", mean_std(r.selected_top1.as_ref()));
+            let _ = write!(t, "<td>{}</td>", mean_std(r.selected_headline.as_ref()));
         }
         let delta_cell = if r.loss == "softmax" {
             "baseline".to_string()
@@ -154,7 +155,7 @@ fn table(rows: &[LossSummary]) -> String {
         let _ = write!(
             t,
             "<td>{}</td><td>{delta_cell}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td class=\"verdict\">{}</td></tr>",
-            mean_std(r.optimistic_top1.as_ref()),
+            mean_std(r.optimistic_headline.as_ref()),
             percent_mean(r.final_map_at_r.as_ref()),
             percent_mean(r.final_recall_at_1.as_ref()),
             number(r.epochs_to_95.as_ref(), 1),
@@ -206,9 +207,10 @@ fn pairs_table(pairs: &[PairComparison]) -> String {
     t
 }
 
-fn runs_table(runs: &[Run], unreadable: &[Unreadable]) -> String {
-    let mut t = String::from(
-        "<table id=\"runs\"><thead><tr><th>loss</th><th>seed</th><th>status</th><th>epochs</th><th>final top-1 %</th><th>detail</th><th>backend</th><th>device</th><th>started</th><th>finished</th></tr></thead><tbody>",
+fn runs_table(runs: &[Run], unreadable: &[Unreadable], headline: Headline) -> String {
+    let mut t = format!(
+        "<table id=\"runs\"><thead><tr><th>loss</th><th>seed</th><th>status</th><th>epochs</th><th>final {} %</th><th>detail</th><th>backend</th><th>device</th><th>started</th><th>finished</th></tr></thead><tbody>",
+        headline.label()
     );
     for r in runs {
         let status = format!("{:?}", r.manifest.status).to_lowercase();
@@ -251,7 +253,8 @@ fn runs_table(runs: &[Run], unreadable: &[Unreadable]) -> String {
             r.manifest.epochs,
             r.records
                 .last()
-                .map_or_else(|| "—".into(), |x| pct(x.test_top1)),
+                .and_then(|x| headline_of(x, headline))
+                .map_or_else(|| "—".into(), pct),
             escape(&detail),
             escape(&backend),
             escape(&r.manifest.device),
@@ -297,6 +300,55 @@ fn figure_html(f: &FigureRef<'_>) -> String {
     )
 }
 
+/// What the runs trained and tested on, by class name (from a run's `run.json`).
+fn data_line(d: &DataSummary) -> String {
+    let names = |classes: &[String]| {
+        let shown: Vec<&str> = classes.iter().take(8).map(String::as_str).collect();
+        let more = classes.len().saturating_sub(shown.len());
+        format!(
+            "{}{}",
+            escape(&shown.join(", ")),
+            if more > 0 {
+                format!(", … ({more} more)")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut line = format!(
+        "<p id=\"data\">Data: {}×{} images, {} protocol; {} training images of {} classes ({})",
+        d.image_size,
+        d.image_size,
+        escape(&d.protocol),
+        d.train_images,
+        d.train_classes.len(),
+        names(&d.train_classes)
+    );
+    if d.protocol == "open" {
+        let _ = write!(
+            line,
+            "; {} test images of {} unseen classes ({})",
+            d.test_images,
+            d.test_classes.len(),
+            names(&d.test_classes)
+        );
+    } else {
+        let _ = write!(line, "; {} test images", d.test_images);
+    }
+    if d.validation_images > 0 {
+        let _ = write!(line, "; {} validation images", d.validation_images);
+    }
+    if !d.skipped_images.is_empty() {
+        let _ = write!(
+            line,
+            "; <strong>{} unreadable images left out</strong> (listed in each run.json)",
+            d.skipped_images.len()
+        );
+    }
+    line.push_str(".</p>");
+    line
+}
+
 /// The figures that answer the question, shown with the table.
 const VERDICT_FIGURES: [&str; 2] = ["delta_vs_softmax", "claimed_vs_measured"];
 
@@ -313,7 +365,10 @@ pub fn page(
     let runs = &results.runs;
     let mut banner = String::new();
     if runs.iter().any(|r| r.manifest.synthetic_data) {
-        banner.push_str("<div class=\"banner\" id=\"synthetic\"><strong>Synthetic data.</strong> These runs used lossbench's generated CIFAR-format stand-in, not CIFAR-100: the numbers show the tool working, not how the losses compare on real images.</div>");
+        banner.push_str("<div class=\"banner\" id=\"synthetic\"><strong>Synthetic data.</strong> These runs used lossbench's generated stand-in images, not a real data set: the numbers show the tool working, not how the losses compare on real images.</div>");
+    }
+    if let Some(d) = runs.iter().find_map(|r| r.manifest.data.as_ref()) {
+        banner.push_str(&data_line(d));
     }
     let mut unfinished: Vec<String> = runs
         .iter()
@@ -357,10 +412,16 @@ pub fn page(
     let (verdict_figures, curves): (Vec<&FigureRef<'_>>, Vec<&FigureRef<'_>>) = figures
         .iter()
         .partition(|f| VERDICT_FIGURES.contains(&f.stem));
-    let selection = if rows.iter().any(|r| r.selected_top1.is_some()) {
-        "The headline is the test top-1 after the last epoch; the model selected on the validation split (its best validation epoch) is shown beside it."
+    let headline = experiment.headline();
+    let label = headline.label();
+    let selection = if rows.iter().any(|r| r.selected_headline.is_some()) {
+        format!(
+            "The headline is the test {label} after the last epoch; the model selected on the validation split (its best validation epoch) is shown beside it."
+        )
     } else {
-        "This experiment has no validation split (<code>[data] validation</code>): the headline is the test top-1 after the last epoch, and no epoch is selected."
+        format!(
+            "This experiment has no validation split (<code>[data] validation</code>): the headline is the test {label} after the last epoch, and no epoch is selected."
+        )
     };
     TEMPLATE
         .replace("{{title}}", &escape(&experiment.name))
@@ -373,8 +434,9 @@ pub fn page(
                 .map(|f| figure_html(f))
                 .collect::<String>(),
         )
-        .replace("{{table}}", &table(rows))
-        .replace("{{selection}}", selection)
+        .replace("{{table}}", &table(rows, label))
+        .replace("{{selection}}", &selection)
+        .replace("{{headline}}", label)
         .replace("{{pairwise}}", &pairs_table(pairs))
         .replace(
             "{{tuning}}",
@@ -388,7 +450,7 @@ pub fn page(
             "{{charts}}",
             &curves.iter().map(|f| figure_html(f)).collect::<String>(),
         )
-        .replace("{{runs}}", &runs_table(runs, &results.unreadable))
+        .replace("{{runs}}", &runs_table(runs, &results.unreadable, headline))
         .replace(
             "{{backends}}",
             &distinct(runs, |r| {

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use lossbench_experiment::{
-    EXPERIMENT_COPY, EpochRecord, Experiment, RunStatus, atomic_write_with, experiment_dir,
+    EXPERIMENT_COPY, EpochRecord, Experiment, Headline, RunStatus, atomic_write_with,
+    experiment_dir,
 };
 use polars::prelude::*;
 
@@ -123,9 +124,15 @@ fn pp(v: f64) -> f64 {
     100.0 * v
 }
 
-/// Forest plot: per loss, Δ top-1 vs softmax (pp) with its 95 % CI, the claimed Δ as a cross.
+/// Forest plot: per loss, Δ headline vs softmax (pp) with its 95 % CI, the claimed Δ as a
+/// cross (claims are top-1: only when top-1 is the headline).
 fn forest(experiment: &Experiment, rows: &[LossSummary]) -> Option<Figure> {
-    let softmax_claim = experiment.claimed.get("softmax").map(|c| c.top1);
+    let headline = experiment.headline();
+    let softmax_claim = experiment
+        .claimed
+        .get("softmax")
+        .map(|c| c.top1)
+        .filter(|_| headline == Headline::Top1);
     let dots: Vec<Dot> = rows
         .iter()
         .enumerate()
@@ -157,8 +164,11 @@ fn forest(experiment: &Experiment, rows: &[LossSummary]) -> Option<Figure> {
     (rows.iter().any(|r| r.loss == "softmax") && !dots.is_empty()).then(|| {
         Figure::Dots(DotChart {
             file_stem: "delta_vs_softmax".into(),
-            title: "Final test top-1 minus softmax's (paired by seed)".into(),
-            x_label: "Δ top-1 (percentage points)".into(),
+            title: format!(
+                "Final test {} minus softmax's (paired by seed)",
+                headline.label()
+            ),
+            x_label: format!("Δ {} (percentage points)", headline.label()),
             rows: dots,
             reference: Some(0.0),
         })
@@ -175,7 +185,7 @@ fn claimed_vs_measured(rows: &[LossSummary]) -> Figure {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let f = r.final_top1;
+                let f = r.final_headline;
                 let mut notes = Vec::new();
                 if let Some(f) = f.filter(|f| !f.enough_for_interval()) {
                     notes.push(format!("n = {}: too few for an interval", f.n));
@@ -241,7 +251,7 @@ fn figures(
                         runs,
                         l,
                         i,
-                        |r| r.target_angle_deg,
+                        |r| r.target_angle_deg.unwrap_or(f64::NAN),
                         "to own class".into(),
                         false,
                     ),
@@ -249,7 +259,7 @@ fn figures(
                         runs,
                         l,
                         i,
-                        |r| r.nearest_other_angle_deg,
+                        |r| r.nearest_other_angle_deg.unwrap_or(f64::NAN),
                         "to nearest other".into(),
                         true,
                     ),
@@ -263,26 +273,52 @@ fn figures(
             .collect(),
     };
     let mut list = Vec::new();
+    let headline = experiment.headline();
+    let any = |f: fn(&EpochRecord) -> Option<f64>| {
+        runs.iter()
+            .any(|r| r.records.iter().any(|x| f(x).is_some()))
+    };
     if let Some(f) = forest(experiment, rows) {
         list.push((
             f,
-            "Δ final test top-1 vs softmax per loss, paired by seed: dot = mean, bar = 95 % CI (none when n < 3), red cross = the claimed Δ (claimed loss minus claimed softmax). A bar that crosses the dashed zero line means no measured difference.",
+            if headline == Headline::Top1 {
+                "Δ final test top-1 vs softmax per loss, paired by seed: dot = mean, bar = 95 % CI (none when n < 3), red cross = the claimed Δ (claimed loss minus claimed softmax). A bar that crosses the dashed zero line means no measured difference."
+            } else {
+                "Δ final test headline metric vs softmax per loss, paired by seed: dot = mean, bar = 95 % CI (none when n < 3). A bar that crosses the dashed zero line means no measured difference."
+            },
         ));
     }
-    list.push((
-        claimed_vs_measured(rows),
-        "Final test top-1 per loss: dot = mean over completed seeds, bar = 95 % prediction interval of one more run (what a single published number is compared with), red cross = the claim.",
-    ));
-    list.push((
-        Figure::Lines(simple(
-            "test_top1",
-            "Test top-1 accuracy",
-            "top-1",
-            |r| r.test_top1,
-            Some((0.0, 1.0)),
-        )),
-        "Test top-1 per epoch: mean over seeds, band from the lowest to the highest seed.",
-    ));
+    // Claims are top-1 accuracies: their chart exists where top-1 is the headline.
+    if headline == Headline::Top1 {
+        list.push((
+            claimed_vs_measured(rows),
+            "Final test top-1 per loss: dot = mean over completed seeds, bar = 95 % prediction interval of one more run (what a single published number is compared with), red cross = the claim.",
+        ));
+    }
+    if any(|x| x.test_top1) {
+        list.push((
+            Figure::Lines(simple(
+                "test_top1",
+                "Test top-1 accuracy",
+                "top-1",
+                |r| r.test_top1.unwrap_or(f64::NAN),
+                Some((0.0, 1.0)),
+            )),
+            "Test top-1 per epoch: mean over seeds, band from the lowest to the highest seed.",
+        ));
+    }
+    if any(|x| x.val_map_at_r) {
+        list.push((
+            Figure::Lines(simple(
+                "val_map_at_r",
+                "Validation MAP@R (unseen classes)",
+                "MAP@R",
+                |r| r.val_map_at_r.unwrap_or(f64::NAN),
+                Some((0.0, 1.0)),
+            )),
+            "MAP@R on the validation classes held out of training (the open protocol): what model selection uses.",
+        ));
+    }
     if runs
         .iter()
         .any(|r| r.records.iter().any(|x| x.val_top1.is_some()))
@@ -333,10 +369,10 @@ fn figures(
         )),
         "Learning rate at the end of each epoch (identical for every loss by design).",
     ));
-    list.push((
+    list.extend(any(|x| x.target_angle_deg).then_some((
         Figure::Panels(angles),
         "Mean angle between a test feature and its class weight (solid) and the nearest other class weight (dashed), one panel per loss: margins should open the gap.",
-    ));
+    )));
     list.push((
         Figure::Lines(simple(
             "epoch_seconds",
@@ -350,7 +386,7 @@ fn figures(
     list
 }
 
-fn summary_frame(rows: &[LossSummary]) -> Result<DataFrame> {
+fn summary_frame(rows: &[LossSummary], headline: Headline) -> Result<DataFrame> {
     let nan_none = |v: f64| v.is_finite().then_some(v);
     let est = |name: &str, f: fn(&LossSummary) -> Option<Estimate>| -> Vec<Column> {
         let mean: Vec<Option<f64>> = rows.iter().map(|r| f(r).map(|e| e.mean)).collect();
@@ -415,11 +451,22 @@ fn summary_frame(rows: &[LossSummary]) -> Result<DataFrame> {
         count("diverged", |r| r.diverged),
         count("failed", |r| r.failed),
     ];
-    columns.extend(est("final_top1", |r| r.final_top1));
-    columns.extend(interval("final_top1_ci", |r| r.final_top1.map(|e| e.ci)));
-    columns.extend(interval("final_top1_pi", |r| r.final_top1.map(|e| e.pi)));
-    columns.extend(est("val_selected_top1", |r| r.selected_top1));
-    columns.extend(est("optimistic_max_test_top1", |r| r.optimistic_top1));
+    // The headline's columns are named by its metric: final_top1 (closed protocol) or
+    // final_map_at_r / final_recall_at_1.
+    let stem = headline.stem();
+    columns.extend(est(&format!("final_{stem}"), |r| r.final_headline));
+    columns.extend(interval(&format!("final_{stem}_ci"), |r| {
+        r.final_headline.map(|e| e.ci)
+    }));
+    columns.extend(interval(&format!("final_{stem}_pi"), |r| {
+        r.final_headline.map(|e| e.pi)
+    }));
+    columns.extend(est(&format!("val_selected_{stem}"), |r| {
+        r.selected_headline
+    }));
+    columns.extend(est(&format!("optimistic_max_test_{stem}"), |r| {
+        r.optimistic_headline
+    }));
     columns.push(mean_of("delta_vs_softmax_mean", |r| r.delta_vs_softmax));
     columns.extend(interval("delta_vs_softmax_ci", |r| {
         r.delta_vs_softmax.map(|e| e.ci)
@@ -430,11 +477,15 @@ fn summary_frame(rows: &[LossSummary]) -> Result<DataFrame> {
             .map(|r| r.confounded_vs_softmax)
             .collect::<Vec<_>>(),
     ));
-    columns.extend(est("final_map_at_r", |r| r.final_map_at_r));
-    columns.extend(est("final_recall_at_1", |r| r.final_recall_at_1));
-    columns.push(mean_of("val_selected_map_at_r_mean", |r| {
-        r.selected_map_at_r
-    }));
+    if headline != Headline::MapAtR {
+        columns.extend(est("final_map_at_r", |r| r.final_map_at_r));
+        columns.push(mean_of("val_selected_map_at_r_mean", |r| {
+            r.selected_map_at_r
+        }));
+    }
+    if headline != Headline::RecallAt1 {
+        columns.extend(est("final_recall_at_1", |r| r.final_recall_at_1));
+    }
     columns.push(mean_of("epochs_to_95pct", |r| r.epochs_to_95));
     columns.push(mean_of("epochs_to_99pct", |r| r.epochs_to_99));
     columns.push(mean_of("seconds_per_epoch", |r| r.seconds_per_epoch));
@@ -458,7 +509,7 @@ pub fn build(experiment: &Experiment, results: &Results, out: &Path) -> Result<B
         files.push(out.join(format!("{}.png", figure.file_stem())));
         files.push(out.join(format!("{}.svg", figure.file_stem())));
     }
-    let mut frame = summary_frame(&rows)?;
+    let mut frame = summary_frame(&rows, experiment.headline())?;
     let csv = out.join("summary.csv");
     atomic_write_with(&csv, |f| Ok(CsvWriter::new(f).finish(&mut frame)?))?;
     let parquet = out.join("summary.parquet");

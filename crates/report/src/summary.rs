@@ -4,9 +4,25 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use lossbench_experiment::{
-    EpochRecord, Experiment, RunDir, RunManifest, RunStatus, SweepRecord, discover_runs,
+    EpochRecord, Experiment, Headline, RunDir, RunManifest, RunStatus, SweepRecord, discover_runs,
     read_metrics_resilient,
 };
+
+/// The test value of the headline metric in one epoch's record.
+#[must_use]
+pub fn headline_of(x: &EpochRecord, headline: Headline) -> Option<f64> {
+    match headline {
+        Headline::Top1 => x.test_top1,
+        Headline::MapAtR => x.test_map_at_r,
+        Headline::RecallAt1 => x.test_recall_at_1,
+    }
+}
+
+/// What model selection reads in a record: validation top-1 where the validation classes are
+/// the head's (closed set), else validation MAP@R (the open protocol's unseen classes).
+fn selection_value(x: &EpochRecord) -> Option<f64> {
+    x.val_top1.or(x.val_map_at_r).filter(|v| v.is_finite())
+}
 
 use crate::stats::{Estimate, epochs_to_reach, holm, paired_t_test, paired_values};
 
@@ -32,22 +48,25 @@ impl Run {
         self.records.last()
     }
 
-    /// The epoch with the best validation top-1 (the earliest on ties); `None` without a
-    /// validation split.
+    /// The epoch with the best validation top-1 (open protocol: validation MAP@R), the
+    /// earliest on ties; `None` without a validation split.
     #[must_use]
     pub fn selected_record(&self) -> Option<&EpochRecord> {
         self.records
             .iter()
-            .filter(|r| r.val_top1.is_some_and(f64::is_finite))
+            .filter(|r| selection_value(r).is_some())
             .fold(None, |best: Option<&EpochRecord>, r| match best {
-                Some(b) if b.val_top1 >= r.val_top1 => Some(b),
+                Some(b) if selection_value(b) >= selection_value(r) => Some(b),
                 _ => Some(r),
             })
     }
 
-    /// Max over epochs of test top-1: selected on the test set, so optimistic.
-    fn optimistic_top1(&self) -> Option<f64> {
-        self.records.iter().map(|r| r.test_top1).reduce(f64::max)
+    /// Max over epochs of the test headline: selected on the test set, so optimistic.
+    fn optimistic_headline(&self, headline: Headline) -> Option<f64> {
+        self.records
+            .iter()
+            .filter_map(|r| headline_of(r, headline))
+            .reduce(f64::max)
     }
 }
 
@@ -128,13 +147,14 @@ pub struct LossSummary {
     pub diverged: usize,
     pub failed: usize,
     pub incomplete: usize,
-    /// Test top-1 after the last epoch: the headline.
-    pub final_top1: Option<Estimate>,
-    /// Test top-1 at the epoch with the best validation top-1 (only with a validation split).
-    pub selected_top1: Option<Estimate>,
-    /// Max over epochs of test top-1: selected on the test set, so optimistic.
-    pub optimistic_top1: Option<Estimate>,
-    /// Final top-1 minus softmax's, paired by seed.
+    /// The headline metric (`Experiment::headline`: test top-1, MAP@R or Recall@1) after
+    /// the last epoch.
+    pub final_headline: Option<Estimate>,
+    /// The headline at the validation-selected epoch (only with a validation split).
+    pub selected_headline: Option<Estimate>,
+    /// Max over epochs of the headline: selected on the test set, so optimistic.
+    pub optimistic_headline: Option<Estimate>,
+    /// Final headline minus softmax's, paired by seed.
     pub delta_vs_softmax: Option<Estimate>,
     /// Whether this loss ran for another number of epochs than softmax: its Δ mixes the loss
     /// with the training length.
@@ -215,18 +235,23 @@ fn loss_names(experiment: &Experiment, runs: &[Run]) -> Vec<String> {
     names
 }
 
-/// `(seed, final test top-1)` of the completed runs of `loss`.
-fn finals(runs: &[Run], loss: &str) -> Vec<(u64, f64)> {
+/// `(seed, final headline)` of the completed runs of `loss`.
+fn finals(runs: &[Run], loss: &str, headline: Headline) -> Vec<(u64, f64)> {
     runs.iter()
         .filter(|r| r.dir.loss == loss && r.completed())
-        .filter_map(|r| r.final_record().map(|x| (r.dir.seed, x.test_top1)))
+        .filter_map(|r| {
+            r.final_record()
+                .and_then(|x| headline_of(x, headline))
+                .map(|v| (r.dir.seed, v))
+        })
         .collect()
 }
 
 /// Summaries in the experiment's loss order (losses found only on disk come last).
 #[must_use]
 pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
-    let softmax = finals(runs, "softmax");
+    let headline = experiment.headline();
+    let softmax = finals(runs, "softmax", headline);
     let softmax_epochs = experiment.epochs_for("softmax");
     loss_names(experiment, runs)
         .iter()
@@ -237,9 +262,16 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
             let values = |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> {
                 done.iter().filter_map(|r| f(r)).collect()
             };
-            let final_top1 = Estimate::of(&values(&|r| r.final_record().map(|x| x.test_top1)));
+            let final_headline = Estimate::of(&values(&|r| {
+                r.final_record().and_then(|x| headline_of(x, headline))
+            }));
             let claim = experiment.claimed.get(loss);
-            let curve = |r: &Run| r.records.iter().map(|x| x.test_top1).collect::<Vec<_>>();
+            let curve = |r: &Run| {
+                r.records
+                    .iter()
+                    .map(|x| headline_of(x, headline).unwrap_or(f64::NAN))
+                    .collect::<Vec<_>>()
+            };
             let diverged = count(RunStatus::Diverged);
             let epochs = experiment.epochs_for(loss);
             LossSummary {
@@ -252,12 +284,14 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
                 diverged,
                 failed: count(RunStatus::Failed),
                 incomplete: mine.len() - done.len() - diverged - count(RunStatus::Failed),
-                selected_top1: Estimate::of(&values(&|r| r.selected_record().map(|x| x.test_top1))),
-                optimistic_top1: Estimate::of(&values(&|r| r.optimistic_top1())),
+                selected_headline: Estimate::of(&values(&|r| {
+                    r.selected_record().and_then(|x| headline_of(x, headline))
+                })),
+                optimistic_headline: Estimate::of(&values(&|r| r.optimistic_headline(headline))),
                 delta_vs_softmax: if loss == "softmax" {
                     None
                 } else {
-                    Estimate::of(&paired_values(&finals(runs, loss), &softmax))
+                    Estimate::of(&paired_values(&finals(runs, loss, headline), &softmax))
                 },
                 confounded_vs_softmax: loss != "softmax" && epochs != softmax_epochs,
                 final_map_at_r: Estimate::of(&values(&|r| {
@@ -281,20 +315,28 @@ pub fn summarise(experiment: &Experiment, runs: &[Run]) -> Vec<LossSummary> {
                             / r.records.len() as f64
                     })
                 })),
-                verdict: verdict(
-                    claim.map(|c| c.top1),
-                    final_top1.as_ref(),
-                    done.len(),
-                    mine.len(),
-                    diverged,
-                ),
-                final_top1,
+                // Claims are top-1: compared only when top-1 is the headline.
+                verdict: if headline == Headline::Top1 || claim.is_none() {
+                    verdict(
+                        claim.map(|c| c.top1),
+                        final_headline.as_ref(),
+                        done.len(),
+                        mine.len(),
+                        diverged,
+                    )
+                } else {
+                    format!(
+                        "claim is top-1, the headline is {}: not compared",
+                        headline.label()
+                    )
+                },
+                final_headline,
             }
         })
         .collect()
 }
 
-/// The paired comparison of two losses: final test top-1 of `a` minus `b` over the seeds
+/// The paired comparison of two losses: the final headline of `a` minus `b` over the seeds
 /// both completed.
 #[derive(Debug, Clone)]
 pub struct PairComparison {
@@ -314,10 +356,11 @@ pub struct PairComparison {
 #[must_use]
 pub fn pairwise(experiment: &Experiment, runs: &[Run]) -> Vec<PairComparison> {
     let names = loss_names(experiment, runs);
+    let headline = experiment.headline();
     let mut pairs = Vec::new();
     for (i, a) in names.iter().enumerate() {
         for b in &names[i + 1..] {
-            let diffs = paired_values(&finals(runs, a), &finals(runs, b));
+            let diffs = paired_values(&finals(runs, a, headline), &finals(runs, b, headline));
             pairs.push(PairComparison {
                 a: a.clone(),
                 b: b.clone(),

@@ -58,13 +58,18 @@ fn record(loss: &str, seed: u64, epoch: u32, top1: f64, val: Option<f64>) -> Epo
         train_top1: top1,
         val_loss: val.map(|v| 1.0 - v),
         val_top1: val,
-        test_loss: 2.0,
-        test_top1: top1,
-        test_top5: (top1 + 0.2).min(1.0),
+        val_recall_at_1: None,
+        val_map_at_r: None,
+        test_loss: Some(2.0),
+        test_top1: Some(top1),
+        test_top5: Some((top1 + 0.2).min(1.0)),
         test_recall_at_1: Some(top1),
+        test_recall_at_2: None,
+        test_recall_at_4: None,
+        test_recall_at_8: None,
         test_map_at_r: Some(top1 - 0.1),
-        target_angle_deg: 70.0 - f64::from(epoch),
-        nearest_other_angle_deg: 80.0,
+        target_angle_deg: Some(70.0 - f64::from(epoch)),
+        nearest_other_angle_deg: Some(80.0),
         epoch_seconds: 2.0,
         images_per_second: 100.0,
         backend: "flex".into(),
@@ -107,6 +112,7 @@ fn write_run(
         finished_at: None,
         config: serde_json::Value::Null,
         identity: None,
+        data: None,
     }
     .write(&run.manifest())
     .expect("manifest");
@@ -149,7 +155,7 @@ fn statistics_against_hand_computed_values() {
     let rows = lossbench_report::summary::summarise(&experiment, &loaded.runs);
 
     let softmax = &rows[0];
-    let e = softmax.final_top1.expect("softmax estimate");
+    let e = softmax.final_headline.expect("softmax estimate");
     // 0.70, 0.72, 0.74: mean 0.72, s 0.02; t(2) = 4.302653: CI ± 0.0496828, PI ± 0.0993656.
     assert_eq!(e.n, 3);
     assert!(close(e.mean, 0.72) && close(e.std, 0.02));
@@ -161,7 +167,7 @@ fn statistics_against_hand_computed_values() {
         "claim inside the measured 95 % prediction interval"
     );
     assert_eq!(softmax.epochs_to_95.map(|x| x.mean), Some(3.0)); // 0.6 < 0.95·0.7
-    assert!(softmax.selected_top1.is_none(), "no validation columns");
+    assert!(softmax.selected_headline.is_none(), "no validation columns");
 
     let arc = &rows[1];
     assert_eq!(
@@ -179,9 +185,9 @@ fn statistics_against_hand_computed_values() {
     );
 
     let cos = &rows[2];
-    assert!(close(cos.final_top1.expect("final").mean, 0.79));
-    assert!(close(cos.selected_top1.expect("selected").mean, 0.80));
-    assert!(close(cos.optimistic_top1.expect("max").mean, 0.80));
+    assert!(close(cos.final_headline.expect("final").mean, 0.79));
+    assert!(close(cos.selected_headline.expect("selected").mean, 0.80));
+    assert!(close(cos.optimistic_headline.expect("max").mean, 0.80));
     assert!(close(cos.final_map_at_r.expect("map").mean, 0.69));
     assert!(close(cos.selected_map_at_r.expect("map").mean, 0.70));
     let d = cos.delta_vs_softmax.expect("delta");
@@ -320,7 +326,7 @@ fn damaged_and_unreadable_runs_never_stop_the_report() {
     let experiment = Experiment::parse(EXPERIMENT, Path::new("x")).expect("experiment");
     let rows = lossbench_report::summary::summarise(&experiment, &loaded.runs);
     assert!(
-        close(rows[0].final_top1.expect("softmax").mean, 0.72),
+        close(rows[0].final_headline.expect("softmax").mean, 0.72),
         "CSV rows used"
     );
 

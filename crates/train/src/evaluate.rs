@@ -9,18 +9,25 @@ use lossbench_head::Labels;
 use crate::net::Net;
 use crate::retrieval::{Retrieval, l2_normalise, retrieval};
 
-/// A batch on the device: images `[batch, 3, 32, 32]` and checked labels.
+/// A batch's images on the device: `[batch, 3, side, side]`.
+pub(crate) fn upload_images(batch: &Batch, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(
+        TensorData::new(
+            batch.images.clone(),
+            [batch.len(), 3, batch.side, batch.side],
+        ),
+        device,
+    )
+}
+
+/// A batch on the device: images `[batch, 3, side, side]` and checked labels.
 pub(crate) fn upload(
     batch: &Batch,
     num_classes: usize,
     device: &Device,
 ) -> Result<(Tensor<4>, Labels)> {
-    let images = Tensor::<4>::from_data(
-        TensorData::new(batch.images.clone(), [batch.len(), 3, 32, 32]),
-        device,
-    );
     let labels = Labels::new(&batch.labels, num_classes, device)?;
-    Ok((images, labels))
+    Ok((upload_images(batch, device), labels))
 }
 
 /// Correct top-1 and top-k predictions of `logits` (row-major, `classes` per row), as
@@ -85,14 +92,28 @@ fn angle_sums(cosines: &[f32], classes: usize, labels: &[i64]) -> (f64, f64) {
     (target, other)
 }
 
-/// Metrics of the un-margined logits on one split, plus feature geometry and retrieval
-/// (computed only where asked: the test split).
-pub(crate) struct Evaluation {
+/// Metrics of the un-margined logits on a split whose classes are the head's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadMetrics {
     pub(crate) loss: f64,
     pub(crate) top1: f64,
     pub(crate) top5: f64,
     pub(crate) target_angle: f64,
     pub(crate) nearest_angle: f64,
+}
+
+/// What one split is evaluated for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measure {
+    /// Loss, top-k and angles: only where the split's classes are the head's (closed set).
+    pub(crate) head: bool,
+    /// Recall@K and MAP@R of the features.
+    pub(crate) retrieval: bool,
+}
+
+/// Metrics on one split: those of the head and/or retrieval, as asked.
+pub(crate) struct Evaluation {
+    pub(crate) head: Option<HeadMetrics>,
     pub(crate) retrieval: Option<Retrieval>,
 }
 
@@ -103,7 +124,7 @@ pub(crate) fn evaluate(
     batch_size: usize,
     iteration: u64,
     device: &Device,
-    with_retrieval: bool,
+    measure: Measure,
 ) -> Result<Evaluation> {
     let batcher = Batcher::eval(set, stats, batch_size);
     let classes = set.num_classes;
@@ -113,13 +134,21 @@ pub(crate) fn evaluate(
     let mut embeddings = Vec::new();
     let mut labels = Vec::new();
     for batch in batcher.iter() {
-        let (images, batch_labels) = upload(&batch, classes, device)?;
-        let features = net.features(images); // [batch, dim]
+        let features = net.features(upload_images(&batch, device)); // [batch, dim]
+        if measure.retrieval {
+            embeddings.push(l2_normalise(features.clone())); // [batch, dim], stays on the device
+            labels.extend_from_slice(&batch.labels);
+        }
+        n += batch.len();
+        if !measure.head {
+            continue;
+        }
+        let batch_labels = Labels::new(&batch.labels, classes, device)?;
         // One transfer per batch: the loss, the logits and the class cosines together.
         let read = burn::tensor::Transaction::default()
             .register(net.head.loss(features.clone(), &batch_labels, iteration))
             .register(net.head.logits(features.clone()))
-            .register(net.head.class_cosines(features.clone()))
+            .register(net.head.class_cosines(features))
             .execute();
         let [loss, logits, cosines]: [Vec<f32>; 3] = read
             .into_iter()
@@ -131,10 +160,6 @@ pub(crate) fn evaluate(
             .try_into()
             .expect("three tensors registered");
         let loss = f64::from(loss[0]);
-        if with_retrieval {
-            embeddings.push(l2_normalise(features)); // [batch, dim], stays on the device
-            labels.extend_from_slice(&batch.labels);
-        }
         let (c1, ck) = correct_topk(&logits, classes, &batch.labels, k);
         let (t, o) = angle_sums(&cosines, classes, &batch.labels);
         loss_sum += loss * batch.len() as f64;
@@ -142,7 +167,6 @@ pub(crate) fn evaluate(
         topk += ck;
         target += t;
         nearest += o;
-        n += batch.len();
     }
     let retrieval = if embeddings.is_empty() {
         None
@@ -151,11 +175,13 @@ pub(crate) fn evaluate(
     };
     let n = n.max(1) as f64;
     Ok(Evaluation {
-        loss: loss_sum / n,
-        top1: top1 as f64 / n,
-        top5: topk as f64 / n,
-        target_angle: target / n,
-        nearest_angle: nearest / n,
+        head: measure.head.then(|| HeadMetrics {
+            loss: loss_sum / n,
+            top1: top1 as f64 / n,
+            top5: topk as f64 / n,
+            target_angle: target / n,
+            nearest_angle: nearest / n,
+        }),
         retrieval,
     })
 }

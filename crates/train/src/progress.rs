@@ -79,9 +79,25 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let test = match (
+            r.test_top1,
+            r.test_top5,
+            r.target_angle_deg,
+            r.nearest_other_angle_deg,
+        ) {
+            (Some(top1), Some(top5), Some(target), Some(nearest)) => format!(
+                "test top-1 {top1:.3} top-5 {top5:.3} | angle to class {target:.1}°, nearest other {nearest:.1}°"
+            ),
+            // The open protocol: unseen test classes, retrieval only.
+            _ => format!(
+                "test MAP@R {} Recall@1 {}",
+                r.test_map_at_r.map_or("—".into(), |v| format!("{v:.3}")),
+                r.test_recall_at_1.map_or("—".into(), |v| format!("{v:.3}"))
+            ),
+        };
         self.line(&format!(
-            "{label} epoch {}/{epochs}: train loss {:.4} top-1 {:.3} | test top-1 {:.3} top-5 {:.3} | angle to class {:.1}°, nearest other {:.1}° | {:.1} s, {:.0} img/s",
-            r.epoch, r.train_loss, r.train_top1, r.test_top1, r.test_top5, r.target_angle_deg, r.nearest_other_angle_deg, r.epoch_seconds, r.images_per_second
+            "{label} epoch {}/{epochs}: train loss {:.4} top-1 {:.3} | {test} | {:.1} s, {:.0} img/s",
+            r.epoch, r.train_loss, r.train_top1, r.epoch_seconds, r.images_per_second
         ));
     }
 }

@@ -1,23 +1,39 @@
 //! Retrieval metrics of an embedding, as in Musgrave et al., "A Metric Learning Reality
 //! Check" (ECCV 2020): every test image queries all the others by cosine similarity
-//! (leave-one-out). Recall@1: the nearest other image has the query's class. MAP@R: with R
-//! the number of other images of the query's class, the mean over the first R neighbours of
-//! the precision at each correct one, divided by R. Queries whose class has no other image
-//! are skipped. Ties in similarity go to the lower index, so the result is deterministic.
+//! (leave-one-out). Recall@K: an image of the query's class is among the K nearest others.
+//! MAP@R: with R the number of other images of the query's class, the mean over the first R
+//! neighbours of the precision at each correct one, divided by R. Queries whose class has no
+//! other image are skipped. Ties in similarity go to the lower index, so the result is
+//! deterministic.
+//!
+//! Memory is bounded whatever the test set's size: similarities are computed for
+//! [`QUERY_CHUNK`] queries at a time (`QUERY_CHUNK × n` floats: 61 MB for SOP's 60,000
+//! images), never the `n × n` matrix.
 
 use burn::prelude::*;
+use rayon::prelude::*;
 
-/// Queries per similarity block: `QUERY_CHUNK × n` floats at a time (10 MiB for 10,000
-/// images), never the whole `n × n` matrix.
+/// Queries per similarity block.
 pub const QUERY_CHUNK: usize = 256;
 
-/// Recall@1 and MAP@R over all queries.
+/// The K of the Recall@K columns.
+pub const RECALL_KS: [usize; 4] = [1, 2, 4, 8];
+
+/// Recall@K and MAP@R over all queries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retrieval {
-    pub recall_at_1: f64,
+    /// Recall@K for each K of [`RECALL_KS`].
+    pub recall: [f64; 4],
     pub map_at_r: f64,
     /// Queries that counted (their class has another image).
     pub queries: usize,
+}
+
+impl Retrieval {
+    #[must_use]
+    pub fn recall_at_1(&self) -> f64 {
+        self.recall[0]
+    }
 }
 
 /// Rows scaled to unit L2 norm (a zero row stays zero).
@@ -32,20 +48,20 @@ pub fn l2_normalise(features: Tensor<2>) -> Tensor<2> {
     features / norm
 }
 
-/// Precision terms of one query: `(hit at rank 1, average precision at R)`, or `None` when
-/// the query's class has no other member. `similarities` is the query's row against every
-/// image (itself included, at `query`); `scratch` is reused between calls.
+/// Terms of one query: `(a hit within each K of RECALL_KS, average precision at R)`, or
+/// `None` when the query's class has no other member. `similarities` is the query's row
+/// against every image (itself included, at `query`); `scratch` is reused between calls.
 fn score_query(
     similarities: &[f32],
     labels: &[i64],
+    r: usize,
     query: usize,
     scratch: &mut Vec<(f32, u32)>,
-) -> Option<(bool, f64)> {
-    let class = labels[query];
-    let r = labels.iter().filter(|&&l| l == class).count() - 1;
+) -> Option<([bool; 4], f64)> {
     if r == 0 {
         return None;
     }
+    let class = labels[query];
     scratch.clear();
     scratch.extend(
         similarities
@@ -56,31 +72,37 @@ fn score_query(
             .map(|(j, &s)| (if s.is_nan() { f32::NEG_INFINITY } else { s }, j as u32)),
     );
     let before = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    if r < scratch.len() {
-        scratch.select_nth_unstable_by(r - 1, before);
-        scratch.truncate(r);
+    let keep = r.max(RECALL_KS[3]);
+    if keep < scratch.len() {
+        scratch.select_nth_unstable_by(keep - 1, before);
+        scratch.truncate(keep);
     }
     scratch.sort_unstable_by(before);
+    let correct = |&(_, j): &(f32, u32)| labels[j as usize] == class;
     let (mut hits, mut precision_sum) = (0usize, 0.0f64);
-    for (rank, &(_, j)) in scratch.iter().enumerate() {
-        if labels[j as usize] == class {
+    for (rank, pair) in scratch.iter().take(r).enumerate() {
+        if correct(pair) {
             hits += 1;
             precision_sum += hits as f64 / (rank + 1) as f64;
         }
     }
-    let first = labels[scratch[0].1 as usize] == class;
-    Some((first, precision_sum / r as f64))
+    let within = RECALL_KS.map(|k| scratch.iter().take(k).any(correct));
+    Some((within, precision_sum / r as f64))
 }
 
-/// Recall@1 and MAP@R of `embeddings` `[n, dim]` (L2-normalised rows) with their labels.
+/// Recall@K and MAP@R of `embeddings` `[n, dim]` (L2-normalised rows) with their labels.
 /// `None` when no query counts (every class has a single image).
 #[must_use]
 pub fn retrieval(embeddings: &Tensor<2>, labels: &[i64]) -> Option<Retrieval> {
     let [n, dim] = embeddings.dims();
     assert_eq!(n, labels.len(), "one label per embedding");
+    let mut members = std::collections::HashMap::<i64, usize>::new();
+    for &l in labels {
+        *members.entry(l).or_default() += 1;
+    }
+    let others: Vec<usize> = labels.iter().map(|l| members[l] - 1).collect();
     let keys = embeddings.clone().transpose(); // [dim, n]
-    let (mut hits, mut ap_sum, mut queries) = (0usize, 0.0f64, 0usize);
-    let mut scratch = Vec::with_capacity(n);
+    let (mut hits, mut ap_sum, mut queries) = ([0usize; 4], 0.0f64, 0usize);
     for start in (0..n).step_by(QUERY_CHUNK) {
         let end = (start + QUERY_CHUNK).min(n);
         let block = embeddings
@@ -91,16 +113,24 @@ pub fn retrieval(embeddings: &Tensor<2>, labels: &[i64]) -> Option<Retrieval> {
             .into_data()
             .try_into_vec_as::<f32>()
             .expect("float tensor data converts to f32");
-        for (row, query) in values.chunks_exact(n).zip(start..end) {
-            if let Some((first, ap)) = score_query(row, labels, query, &mut scratch) {
-                hits += usize::from(first);
-                ap_sum += ap;
-                queries += 1;
+        // Scored in parallel, summed in query order: the same bits on any thread count.
+        let scored: Vec<Option<([bool; 4], f64)>> = values
+            .par_chunks_exact(n)
+            .zip(start..end)
+            .map_init(Vec::new, |scratch, (row, query)| {
+                score_query(row, labels, others[query], query, scratch)
+            })
+            .collect();
+        for (within, ap) in scored.into_iter().flatten() {
+            for (h, w) in hits.iter_mut().zip(within) {
+                *h += usize::from(w);
             }
+            ap_sum += ap;
+            queries += 1;
         }
     }
     (queries > 0).then(|| Retrieval {
-        recall_at_1: hits as f64 / queries as f64,
+        recall: hits.map(|h| h as f64 / queries as f64),
         map_at_r: ap_sum / queries as f64,
         queries,
     })
@@ -138,7 +168,10 @@ mod tests {
         let e = l2_normalise(tensor(&circle(&[0.0, 10.0, 30.0, 100.0, 200.0, 215.0])));
         let m = retrieval(&e, &[0, 1, 0, 0, 1, 1]).expect("queries");
         assert_eq!(m.queries, 6);
-        assert!((m.recall_at_1 - 3.0 / 6.0).abs() < 1e-12, "{m:?}");
+        assert!((m.recall_at_1() - 3.0 / 6.0).abs() < 1e-12, "{m:?}");
+        // Recall@2: queries 0 (30 second), 2 (0 second), 3, 4, 5 → 5/6; Recall@4 and @8: all.
+        assert!((m.recall[1] - 5.0 / 6.0).abs() < 1e-12, "{m:?}");
+        assert_eq!((m.recall[2], m.recall[3]), (1.0, 1.0));
         assert!((m.map_at_r - 2.0 / 6.0).abs() < 1e-6, "{m:?}");
     }
 
@@ -147,13 +180,13 @@ mod tests {
         let e = l2_normalise(tensor(&circle(&[0.0, 1.0, 2.0, 120.0, 121.0, 240.0])));
         let m = retrieval(&e, &[0, 0, 0, 1, 1, 2]).expect("queries");
         assert_eq!(m.queries, 5, "class 2 has one image");
-        assert_eq!((m.recall_at_1, m.map_at_r), (1.0, 1.0));
+        assert_eq!((m.recall, m.map_at_r), ([1.0; 4], 1.0));
         assert!(retrieval(&e, &[0, 1, 2, 3, 4, 5]).is_none());
     }
 
     /// The definition in float64, sorting every row fully: the reference for the chunked
     /// single-precision version.
-    fn reference(rows: &[Vec<f64>], labels: &[i64]) -> (f64, f64) {
+    fn reference(rows: &[Vec<f64>], labels: &[i64]) -> ([f64; 4], f64) {
         let unit: Vec<Vec<f64>> = rows
             .iter()
             .map(|r| {
@@ -161,7 +194,7 @@ mod tests {
                 r.iter().map(|v| v / n).collect()
             })
             .collect();
-        let (mut hits, mut ap, mut q) = (0.0, 0.0, 0.0);
+        let (mut hits, mut ap, mut q) = ([0.0; 4], 0.0, 0.0);
         for i in 0..rows.len() {
             let r = labels.iter().filter(|&&l| l == labels[i]).count() - 1;
             if r == 0 {
@@ -172,11 +205,14 @@ mod tests {
                 .map(|j| (unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum(), j))
                 .collect();
             others.sort_by(|a, b| b.0.partial_cmp(&a.0).expect("finite").then(a.1.cmp(&b.1)));
-            let correct: Vec<bool> = others[..r]
+            let correct: Vec<bool> = others
                 .iter()
                 .map(|&(_, j)| labels[j] == labels[i])
                 .collect();
-            hits += f64::from(u8::from(correct[0]));
+            for (h, k) in hits.iter_mut().zip([1, 2, 4, 8]) {
+                *h += f64::from(u8::from(correct[..k].contains(&true)));
+            }
+            let correct = &correct[..r];
             let mut found = 0.0;
             let mut sum = 0.0;
             for (k, &c) in correct.iter().enumerate() {
@@ -188,7 +224,7 @@ mod tests {
             ap += sum / r as f64;
             q += 1.0;
         }
-        (hits / q, ap / q)
+        (hits.map(|h| h / q), ap / q)
     }
 
     #[test]
@@ -207,11 +243,15 @@ mod tests {
         let m = retrieval(&l2_normalise(tensor(&rows)), &labels).expect("queries");
         let (recall, map) = reference(&rows, &labels);
         assert!(
-            (m.recall_at_1 - recall).abs() < 1e-9,
-            "{} vs {recall}",
-            m.recall_at_1
+            (m.recall_at_1() - recall[0]).abs() < 1e-9,
+            "{} vs {recall:?}",
+            m.recall_at_1()
         );
+        for (got, want) in m.recall.iter().zip(recall) {
+            assert!((got - want).abs() < 1e-9, "{:?} vs {recall:?}", m.recall);
+        }
         assert!((m.map_at_r - map).abs() < 1e-5, "{} vs {map}", m.map_at_r);
+        assert!(recall[0] < recall[3], "a case where K matters: {recall:?}");
         assert!(map > 0.1 && map < 0.95, "a case that discriminates: {map}");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use lossbench_data::Splits;
 use lossbench_experiment::{
-    Experiment, RunDir, RunIdentity, RunManifest, RunStatus, now_rfc3339, read_metrics,
+    DataSummary, Experiment, RunDir, RunIdentity, RunManifest, RunStatus, now_rfc3339, read_metrics,
 };
 use lossbench_head::ResolvedParams;
 
@@ -175,6 +175,22 @@ fn manifest(
             spec.epochs,
             data,
         )),
+        data: Some(DataSummary {
+            image_size: data.side(),
+            protocol: if data.protocol.is_open() {
+                "open"
+            } else {
+                "closed"
+            }
+            .into(),
+            train_classes: data.train_classes.clone(),
+            test_classes: data.test_classes.clone(),
+            validation_classes: data.validation_classes.clone(),
+            train_images: data.train.len(),
+            test_images: data.test.len(),
+            validation_images: data.validation.as_ref().map_or(0, |v| v.len()),
+            skipped_images: data.skipped.clone(),
+        }),
     })
 }
 

@@ -12,7 +12,7 @@ use lossbench_head::ResolvedParams;
 
 use crate::backend::Backend;
 use crate::checkpoint::{self, PartialEpoch};
-use crate::evaluate::{Evaluation, correct_top1, evaluate, upload};
+use crate::evaluate::{Evaluation, Measure, correct_top1, evaluate, upload};
 use crate::net::Net;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
@@ -475,7 +475,7 @@ fn evaluate_epoch(
 ) -> Result<(Option<Evaluation>, Evaluation)> {
     let t = &spec.experiment.training;
     let eval_device = spec.device.clone().inner();
-    let on = |set, with_retrieval| {
+    let on = |set, measure| {
         evaluate(
             &state.net.valid(),
             set,
@@ -483,15 +483,31 @@ fn evaluate_epoch(
             t.eval_batch_size,
             state.iteration,
             &eval_device,
-            with_retrieval,
+            measure,
         )
     };
+    // The open protocol's validation and test classes are not the head's: retrieval only.
+    let closed = !data.protocol.is_open();
     let validation = data
         .validation
         .as_ref()
-        .map(|set| on(set, false))
+        .map(|set| {
+            on(
+                set,
+                Measure {
+                    head: closed,
+                    retrieval: !closed,
+                },
+            )
+        })
         .transpose()?;
-    let test = on(&data.test, true)?;
+    let test = on(
+        &data.test,
+        Measure {
+            head: closed,
+            retrieval: true,
+        },
+    )?;
     Ok((validation, test))
 }
 
@@ -505,6 +521,18 @@ fn epoch_record(
     test: &Evaluation,
     epoch_seconds: f64,
 ) -> EpochRecord {
+    let val_head = validation.and_then(|v| v.head);
+    let val_retrieval = validation.and_then(|v| v.retrieval);
+    // Recall@2/4/8 are columns where retrieval is the headline (the open protocol), so that
+    // closed-set runs keep the columns they had.
+    let open_recall = |i: usize| {
+        spec.experiment
+            .data
+            .is_open()
+            .then_some(test.retrieval)
+            .flatten()
+            .map(|r| r.recall[i])
+    };
     EpochRecord {
         experiment: spec.experiment.name.clone(),
         loss: spec.loss.to_string(),
@@ -514,15 +542,20 @@ fn epoch_record(
         lr: trained.lr,
         train_loss: trained.sums.mean_loss(),
         train_top1: trained.sums.top1(),
-        val_loss: validation.map(|v| v.loss),
-        val_top1: validation.map(|v| v.top1),
-        test_loss: test.loss,
-        test_top1: test.top1,
-        test_top5: test.top5,
-        test_recall_at_1: test.retrieval.map(|r| r.recall_at_1),
+        val_loss: val_head.map(|h| h.loss),
+        val_top1: val_head.map(|h| h.top1),
+        val_recall_at_1: val_retrieval.map(|r| r.recall_at_1()),
+        val_map_at_r: val_retrieval.map(|r| r.map_at_r),
+        test_loss: test.head.map(|h| h.loss),
+        test_top1: test.head.map(|h| h.top1),
+        test_top5: test.head.map(|h| h.top5),
+        test_recall_at_1: test.retrieval.map(|r| r.recall_at_1()),
+        test_recall_at_2: open_recall(1),
+        test_recall_at_4: open_recall(2),
+        test_recall_at_8: open_recall(3),
         test_map_at_r: test.retrieval.map(|r| r.map_at_r),
-        target_angle_deg: test.target_angle,
-        nearest_other_angle_deg: test.nearest_angle,
+        target_angle_deg: test.head.map(|h| h.target_angle),
+        nearest_other_angle_deg: test.head.map(|h| h.nearest_angle),
         epoch_seconds,
         images_per_second: trained.sums.seen as f64 / trained.train_seconds.max(1e-9),
         backend: spec.backend.name.to_string(),
