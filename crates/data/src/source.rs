@@ -662,6 +662,80 @@ mod tests {
         );
     }
 
+    /// A set of `classes` classes named `c0`, `c1`, … with `per` 1-pixel-side images per
+    /// class and split (the pixel value is the class), before any protocol.
+    fn named(classes: u16, per: usize) -> Named {
+        let part = || Part {
+            pixels: (0..classes).flat_map(|c| vec![c as u8; 3 * per]).collect(),
+            labels: (0..classes).flat_map(|c| vec![c; per]).collect(),
+        };
+        Named {
+            side: 1,
+            names: (0..classes).map(|c| format!("c{c}")).collect(),
+            train: part(),
+            val: None,
+            test: part(),
+            synthetic: true,
+            fingerprint: "f".into(),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn source(protocol: Protocol, validation: usize, validation_classes: usize) -> DataSource {
+        DataSource {
+            protocol,
+            validation,
+            validation_classes,
+            ..DataSource::cifar(Kind::Cifar100, PathBuf::from("x"), None)
+        }
+    }
+
+    #[test]
+    fn the_open_protocol_splits_classes_by_name_and_holds_out_whole_classes() {
+        let open = Protocol::Open {
+            train_classes: Some(6),
+        };
+        let s = assemble(named(10, 3), &source(open, 0, 2)).expect("open");
+        assert_eq!(s.test_classes, ["c6", "c7", "c8", "c9"]);
+        assert_eq!((s.test.num_classes, s.test.len()), (4, 12));
+        assert_eq!(s.test.images[0], 6, "test label 0 is class c6");
+        let v = s.validation.as_ref().expect("validation classes");
+        assert_eq!((v.num_classes, v.len(), s.train.num_classes, s.train.len()), (2, 6, 4, 12));
+        // Disjoint: no held-out class is trained on; every training class is one of c0..c5.
+        let held: Vec<&String> = s.validation_classes.iter().collect();
+        assert!(held.iter().all(|c| !s.train_classes.contains(c)));
+        assert!(s.train_classes.iter().all(|c| c.as_str() < "c6"));
+        // Pixels travel with relabelled images: label k of each split is its k-th class.
+        for (set, names) in [(&s.train, &s.train_classes), (v, &s.validation_classes)] {
+            for (i, &label) in set.labels.iter().enumerate() {
+                assert_eq!(format!("c{}", set.images[3 * i]), names[usize::from(label)]);
+            }
+        }
+        // The same classes for any run: keyed by nothing but the class count.
+        let again = assemble(named(10, 3), &source(open, 0, 2)).expect("again");
+        assert_eq!(again.validation_classes, s.validation_classes);
+    }
+
+    #[test]
+    fn the_closed_protocol_keeps_labels_and_protocol_mistakes_are_refused() {
+        let closed = assemble(named(3, 2), &source(Protocol::Closed, 0, 0)).expect("closed");
+        assert_eq!(closed.train.labels, [0, 0, 1, 1, 2, 2]);
+        assert_eq!(closed.test_classes, closed.train_classes);
+        let err = |n: Named, src: DataSource| assemble(n, &src).expect_err("refused").to_string();
+        let open = |k| Protocol::Open { train_classes: k };
+        assert!(err(named(4, 2), source(open(None), 0, 0)).contains("c0, c1, c2, c3 are in both train and test"));
+        assert!(err(named(4, 2), source(open(Some(3)), 0, 0)).contains("test split has 1 class"));
+        assert!(err(named(4, 2), source(open(Some(4)), 0, 0)).contains("train_classes = 4 is invalid"));
+        assert!(err(named(4, 2), source(open(Some(2)), 2, 0)).contains("use data.validation_classes"));
+        assert!(err(named(4, 2), source(Protocol::Closed, 0, 2)).contains("only the open protocol"));
+        assert!(err(named(6, 2), source(open(Some(3)), 0, 1)).contains("validation_classes = 1 is invalid"));
+        let mut unseen = named(3, 2);
+        unseen.test.labels[0] = 2;
+        unseen.train.labels.retain(|&l| l != 2);
+        unseen.train.pixels.truncate(3 * 4);
+        assert!(err(unseen, source(Protocol::Closed, 0, 0)).contains("test class c2 has no training images"));
+    }
+
     #[test]
     fn fetching_needs_the_archive_s_own_folder_name() {
         let err = fetch_into(Path::new("data/mine"), Kind::Cifar100)
