@@ -24,7 +24,7 @@ fn photo(i: usize) -> image::RgbImage {
         let phase = i as f64 * 0.7;
         let r = 128.0 + 90.0 * (xf / 37.0 + phase).sin() + noise;
         let g = 128.0 + 80.0 * (yf / 23.0 - phase).cos() + noise;
-        let b = if (x / 60 + y / 45 + i as u32) % 3 == 0 {
+        let b = if (x / 60 + y / 45 + i as u32).is_multiple_of(3) {
             220.0
         } else {
             40.0

@@ -700,7 +700,10 @@ mod tests {
         assert_eq!((s.test.num_classes, s.test.len()), (4, 12));
         assert_eq!(s.test.images[0], 6, "test label 0 is class c6");
         let v = s.validation.as_ref().expect("validation classes");
-        assert_eq!((v.num_classes, v.len(), s.train.num_classes, s.train.len()), (2, 6, 4, 12));
+        assert_eq!(
+            (v.num_classes, v.len(), s.train.num_classes, s.train.len()),
+            (2, 6, 4, 12)
+        );
         // Disjoint: no held-out class is trained on; every training class is one of c0..c5.
         let held: Vec<&String> = s.validation_classes.iter().collect();
         assert!(held.iter().all(|c| !s.train_classes.contains(c)));
@@ -723,17 +726,32 @@ mod tests {
         assert_eq!(closed.test_classes, closed.train_classes);
         let err = |n: Named, src: DataSource| assemble(n, &src).expect_err("refused").to_string();
         let open = |k| Protocol::Open { train_classes: k };
-        assert!(err(named(4, 2), source(open(None), 0, 0)).contains("c0, c1, c2, c3 are in both train and test"));
+        assert!(
+            err(named(4, 2), source(open(None), 0, 0))
+                .contains("c0, c1, c2, c3 are in both train and test")
+        );
         assert!(err(named(4, 2), source(open(Some(3)), 0, 0)).contains("test split has 1 class"));
-        assert!(err(named(4, 2), source(open(Some(4)), 0, 0)).contains("train_classes = 4 is invalid"));
-        assert!(err(named(4, 2), source(open(Some(2)), 2, 0)).contains("use data.validation_classes"));
-        assert!(err(named(4, 2), source(Protocol::Closed, 0, 2)).contains("only the open protocol"));
-        assert!(err(named(6, 2), source(open(Some(3)), 0, 1)).contains("validation_classes = 1 is invalid"));
+        assert!(
+            err(named(4, 2), source(open(Some(4)), 0, 0)).contains("train_classes = 4 is invalid")
+        );
+        assert!(
+            err(named(4, 2), source(open(Some(2)), 2, 0)).contains("use data.validation_classes")
+        );
+        assert!(
+            err(named(4, 2), source(Protocol::Closed, 0, 2)).contains("only the open protocol")
+        );
+        assert!(
+            err(named(6, 2), source(open(Some(3)), 0, 1))
+                .contains("validation_classes = 1 is invalid")
+        );
         let mut unseen = named(3, 2);
         unseen.test.labels[0] = 2;
         unseen.train.labels.retain(|&l| l != 2);
         unseen.train.pixels.truncate(3 * 4);
-        assert!(err(unseen, source(Protocol::Closed, 0, 0)).contains("test class c2 has no training images"));
+        assert!(
+            err(unseen, source(Protocol::Closed, 0, 0))
+                .contains("test class c2 has no training images")
+        );
     }
 
     #[test]

@@ -1040,9 +1040,12 @@ epochs = 105
                 .replace("set = \"cifar100\"\ndir = \"data/synthetic\"", body)
                 .replace("[claimed.arcface]\ntop1 = 0.807\nepochs = 105\n", "")
         };
-        let folder = parse(&data("set = \"folder\"\ndir = \"imgs\"\nimage_size = 64"))
-            .expect("folder");
-        assert_eq!((folder.data.image_side(), folder.headline()), (64, Headline::Top1));
+        let folder =
+            parse(&data("set = \"folder\"\ndir = \"imgs\"\nimage_size = 64")).expect("folder");
+        assert_eq!(
+            (folder.data.image_side(), folder.headline()),
+            (64, Headline::Top1)
+        );
         let open = parse(&data(
             "set = \"csv\"\nfile = \"l.csv\"\nprotocol = \"open\"\nopen = { train_classes = 100 }",
         ))
@@ -1052,17 +1055,36 @@ epochs = 105
         for (body, want) in [
             ("set = \"csv\"", "data.file = (missing) is invalid"),
             ("set = \"folder\"", "data.dir = (missing) is invalid"),
-            ("set = \"folder\"\ndir = \"d\"\nimage_size = 4", "data.image_size = 4 is invalid"),
-            ("set = \"cifar100\"\ndir = \"d\"\nimage_size = 64", "CIFAR images are 32×32"),
-            ("set = \"folder\"\ndir = \"d\"\nopen = { train_classes = 3 }", "also set data.protocol = \"open\""),
-            ("set = \"folder\"\ndir = \"d\"\nprotocol = \"open\"\nvalidation = 10", "use data.validation_classes"),
-            ("set = \"folder\"\ndir = \"d\"\nvalidation_classes = 2", "only the open protocol does"),
-            ("set = \"folder\"\ndir = \"d\"\nsynthetic = { classes = 3, train_per_class = 1, test_per_class = 1 }", "--format folder"),
+            (
+                "set = \"folder\"\ndir = \"d\"\nimage_size = 4",
+                "data.image_size = 4 is invalid",
+            ),
+            (
+                "set = \"cifar100\"\ndir = \"d\"\nimage_size = 64",
+                "CIFAR images are 32×32",
+            ),
+            (
+                "set = \"folder\"\ndir = \"d\"\nopen = { train_classes = 3 }",
+                "also set data.protocol = \"open\"",
+            ),
+            (
+                "set = \"folder\"\ndir = \"d\"\nprotocol = \"open\"\nvalidation = 10",
+                "use data.validation_classes",
+            ),
+            (
+                "set = \"folder\"\ndir = \"d\"\nvalidation_classes = 2",
+                "only the open protocol does",
+            ),
+            (
+                "set = \"folder\"\ndir = \"d\"\nsynthetic = { classes = 3, train_per_class = 1, test_per_class = 1 }",
+                "--format folder",
+            ),
         ] {
             let err = parse(&data(body)).expect_err(body).to_string();
             assert!(err.contains(want), "{body}: {err}");
         }
-        let top1 = data("set = \"folder\"\ndir = \"d\"\nprotocol = \"open\"") + "\n[report]\nheadline = \"top1\"\n";
+        let top1 = data("set = \"folder\"\ndir = \"d\"\nprotocol = \"open\"")
+            + "\n[report]\nheadline = \"top1\"\n";
         let err = parse(&top1).expect_err("top-1 under open").to_string();
         assert!(err.contains("there is no top-1"), "{err}");
     }
