@@ -217,6 +217,9 @@ mod tests {
         let bmp = DynamicImage::ImageRgb8(RgbImage::from_pixel(5, 5, Rgb([1, 2, 3])));
         let planes = decode_square(&encode(&bmp, ImageFormat::Bmp), 5).expect("bmp");
         assert_eq!((planes[0], planes[25], planes[50]), (1, 2, 3));
+        // WebP (lossless as the image crate writes it).
+        let planes = decode_square(&encode(&bmp, ImageFormat::WebP), 5).expect("webp");
+        assert_eq!((planes[0], planes[25], planes[50]), (1, 2, 3));
     }
 
     #[test]
