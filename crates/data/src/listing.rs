@@ -74,19 +74,29 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The entries of `dir`, sorted, each with whether it is a folder (from the directory entry:
+/// no `stat` per file where the file system says; a symbolic link is followed).
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(PathBuf, bool)>, DataError> {
     let mut paths = std::fs::read_dir(dir)
         .map_err(DataError::io(dir))?
-        .map(|e| e.map(|e| e.path()).map_err(DataError::io(dir)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|e| {
+            let e = e.map_err(DataError::io(dir))?;
+            let folder = match e.file_type() {
+                Ok(t) if t.is_symlink() => e.path().is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => e.path().is_dir(),
+            };
+            Ok((e.path(), folder))
+        })
+        .collect::<Result<Vec<_>, DataError>>()?;
     paths.sort();
     Ok(paths)
 }
 
 /// Image files under `dir` (any depth below the class folder, as `ImageFolder`), sorted.
 fn images_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    for path in read_dir_sorted(dir)? {
-        if path.is_dir() {
+    for (path, folder) in read_dir_sorted(dir)? {
+        if folder {
             images_below(&path, out)?;
         } else if is_image(&path) {
             out.push(path);
@@ -117,8 +127,8 @@ pub fn read_folder(dir: &Path) -> Result<Listing, DataError> {
             });
         }
         let mut classes = 0;
-        for class_dir in read_dir_sorted(&split_dir)? {
-            if !class_dir.is_dir() {
+        for (class_dir, folder) in read_dir_sorted(&split_dir)? {
+            if !folder {
                 continue;
             }
             classes += 1;

@@ -226,22 +226,32 @@ fn decode_all(listing: &Listing, options: &DecodeOptions) -> Result<Decoded, Dat
     })
 }
 
-/// The cached set, or `None` when there is none or it is damaged (then decoded again).
+/// The cached set, or `None` when there is none or it is damaged (then decoded again). The
+/// pixels are read straight into their own buffer (no second copy of the set).
 fn read_cache(path: &Path) -> Option<Decoded> {
-    let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
-    let len = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?) as usize;
-    let header: Header = serde_json::from_slice(rest.get(8..8 + len)?).ok()?;
-    let pixels = rest.get(8 + len..)?;
-    let whole = pixels.len() == header.labels.len() * image_len(header.side)
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 16];
+    file.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let len = usize::try_from(u64::from_le_bytes(head[8..].try_into().ok()?)).ok()?;
+    let mut json = vec![0u8; len];
+    file.read_exact(&mut json).ok()?;
+    let header: Header = serde_json::from_slice(&json).ok()?;
+    let want = header.labels.len().checked_mul(image_len(header.side))?;
+    let mut pixels = Vec::with_capacity(want);
+    file.take(want as u64 + 1).read_to_end(&mut pixels).ok()?;
+    let whole = pixels.len() == want
         && header.splits.len() == header.labels.len()
-        && crc32fast::hash(pixels) == header.pixels_crc32;
-    whole.then(|| Decoded {
+        && crc32fast::hash(&pixels) == header.pixels_crc32;
+    whole.then_some(Decoded {
         side: header.side,
         names: header.names,
         splits: header.splits,
         labels: header.labels,
-        pixels: pixels.to_vec(),
+        pixels,
         skipped: header.skipped,
         fingerprint: header.fingerprint,
     })
