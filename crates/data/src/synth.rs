@@ -163,12 +163,7 @@ fn render(
 /// last, so an interrupted run leaves a folder that `load` rejects.
 pub fn write(dir: &Path, config: SynthConfig) -> Result<SynthManifest, DataError> {
     check(config)?;
-    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
-    let _ = std::fs::remove_file(dir.join(MANIFEST));
-    let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
-    let textures: Vec<Texture> = (0..config.classes)
-        .map(|_| Texture::random(&mut tex_stream))
-        .collect();
+    let textures = start_writing(dir, config)?;
     for (split, file, per_class, salt) in [
         (Split::Train, "train.bin", config.train_per_class, 1),
         (Split::Test, "test.bin", config.test_per_class, 2),
@@ -285,12 +280,7 @@ pub fn write_folder(
             "--side {side} is invalid: must be in [8, 512]"
         )));
     }
-    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
-    let _ = std::fs::remove_file(dir.join(MANIFEST));
-    let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
-    let textures: Vec<Texture> = (0..config.classes)
-        .map(|_| Texture::random(&mut tex_stream))
-        .collect();
+    let textures = start_writing(dir, config)?;
     let width = (config.classes - 1).to_string().len().max(2);
     for (split, per_class, salt) in [
         ("train", config.train_per_class, 1),
@@ -333,6 +323,17 @@ pub fn write_folder(
         serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Invalid(e.to_string()))?;
     std::fs::write(&path, json).map_err(DataError::io(&path))?;
     Ok(manifest)
+}
+
+/// Create `dir`, remove its manifest (a half-written set must not pass for a whole one) and
+/// draw the class textures of `config.seed`: what both formats start with.
+fn start_writing(dir: &Path, config: SynthConfig) -> Result<Vec<Texture>, DataError> {
+    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    let _ = std::fs::remove_file(dir.join(MANIFEST));
+    let mut tex_stream = Stream::new(config.seed, Purpose::Synthetic, 0);
+    Ok((0..config.classes)
+        .map(|_| Texture::random(&mut tex_stream))
+        .collect())
 }
 
 fn check(config: SynthConfig) -> Result<(), DataError> {
