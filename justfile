@@ -75,7 +75,7 @@ slurm-check: build
     bash scripts/slurm-check.sh {{lossbench}}
 
 # A stripped release binary with CUDA for a GPU machine without Rust (scripts/gpu-check.sh
-# runs it). Needs github.com: burn's CUDA backend downloads LLVM while it builds.
+# runs it). Builds offline (vendor/cubecl-cuda: NVRTC, no LLVM download).
 gpu-binary:
     cargo build --locked --profile gpu -p lossbench-cli --features cuda
     mkdir -p gpu-bin

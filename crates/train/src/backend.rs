@@ -187,7 +187,29 @@ pub struct Found {
 
 /// Why this binary has no CUDA backend, if it was built without it.
 #[cfg(not(feature = "cuda"))]
-const NO_CUDA: &str = "this lossbench was built without CUDA (its `cuda` feature: burn's CUDA backend downloads LLVM from github.com at build time); rebuild with `--features lossbench-cli/cuda` where that is reachable";
+const NO_CUDA: &str = "this lossbench was built without CUDA (its `cuda` feature); rebuild with `--features lossbench-cli/cuda`";
+
+/// NVRTC compiles every CUDA kernel when it is first used; cudarc loads it lazily and panics
+/// then, mid-run. Compiling an empty kernel up front turns that into one error naming it.
+#[cfg(feature = "cuda")]
+fn nvrtc_works() -> Result<(), String> {
+    let compiled =
+        quietly(|| cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void lossbench_probe() {}"));
+    match compiled {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "{GPU_WITHOUT_NVRTC} cannot compile a CUDA kernel: {e}"
+        )),
+        Err(_) => Err(NO_NVRTC.to_string()),
+    }
+}
+
+/// How the refusal below starts (what `auto` tells apart from "no CUDA device").
+const GPU_WITHOUT_NVRTC: &str = "the NVIDIA driver sees a GPU, but NVRTC";
+
+/// What a machine with the NVIDIA driver but no NVRTC is told.
+#[cfg(feature = "cuda")]
+const NO_NVRTC: &str = "the NVIDIA driver sees a GPU, but NVRTC (libnvrtc.so.12, which compiles the CUDA kernels at run time) cannot be loaded: install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc-cu12` and put the folder holding libnvrtc.so.12 on LD_LIBRARY_PATH";
 
 /// The devices the backend enumerates (`cuda` or `wgpu`), opened to read their identity.
 fn enumerate(backend: &'static str) -> Result<Vec<Device>, String> {
@@ -217,6 +239,10 @@ fn gpu_devices(backend: &'static str) -> Result<Vec<Found>, String> {
             })
             .collect::<Vec<_>>()
     })?;
+    #[cfg(feature = "cuda")]
+    if backend == "cuda" && !devices.is_empty() {
+        nvrtc_works()?;
+    }
     if devices.is_empty() {
         return Err(if backend == "cuda" {
             "no CUDA device: the NVIDIA driver (libcuda.so) is not installed here or sees no GPU"
@@ -361,6 +387,14 @@ impl BackendChoice {
             }
             Self::Auto => match gpu_devices("cuda") {
                 Ok(found) => gpu(pick(found, index, "cuda")?),
+                // An NVIDIA GPU that cannot compile kernels is a setup to fix, not a reason to
+                // train on the CPU for days without a word.
+                Err(why) if why.starts_with(GPU_WITHOUT_NVRTC) => {
+                    return Err(Unavailable(format!(
+                        "--backend auto: {why} (or choose --backend wgpu or flex)"
+                    ))
+                    .into());
+                }
                 Err(_) => {
                     let cards: Vec<Found> = gpu_devices("wgpu")
                         .unwrap_or_default()
@@ -437,6 +471,19 @@ pub fn configure_gpu_runtime() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_missing_nvrtc_is_one_message_not_a_panic() {
+        // `auto` tells this refusal apart from "no CUDA device" by its start.
+        assert!(NO_NVRTC.starts_with(GPU_WITHOUT_NVRTC));
+        // cudarc panics when it cannot load libnvrtc; here that becomes the message (on a
+        // machine with NVRTC the empty kernel compiles).
+        match nvrtc_works() {
+            Ok(()) => {}
+            Err(why) => assert!(why.starts_with(GPU_WITHOUT_NVRTC), "{why}"),
+        }
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_are_errors() {
