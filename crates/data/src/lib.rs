@@ -28,3 +28,8 @@ pub use cifar::{DataSet, Kind, Split, Summary, load, verify};
 pub use error::DataError;
 pub use source::{DataSource, Origin, Protocol, Splits};
 pub use split::split_validation;
+
+/// Lower-case hex of a digest (cache keys, data fingerprints).
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -75,10 +75,6 @@ pub fn default_cache_dir() -> PathBuf {
         .join("lossbench")
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The cache key of a listing decoded with `options` (see the module comment).
 fn cache_key(listing: &Listing, options: &DecodeOptions) -> Result<String, DataError> {
     let mut h = Sha256::new();
@@ -104,7 +100,7 @@ fn cache_key(listing: &Listing, options: &DecodeOptions) -> Result<String, DataE
         h.update(meta.len().to_le_bytes());
         h.update(modified.to_le_bytes());
     }
-    Ok(hex(&h.finalize()))
+    Ok(crate::hex(&h.finalize()))
 }
 
 fn fingerprint(
@@ -126,7 +122,7 @@ fn fingerprint(
         h.update(l.to_le_bytes());
     }
     h.update(pixels);
-    hex(&h.finalize())
+    crate::hex(&h.finalize())
 }
 
 /// The listing decoded, from the cache when it holds it. `log` hears what is done.

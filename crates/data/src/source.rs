@@ -161,15 +161,25 @@ impl DataSource {
             skip_unreadable: self.skip_unreadable,
             cache_dir: self.cache_dir.clone(),
         };
-        let decoded = decode_listing(listing, &options, log)?;
+        let mut decoded = decode_listing(listing, &options, log)?;
+        // The listing's canonical order is by split (train, val, test) first, so each split
+        // is one run of images: cut the pixels apart instead of copying them.
+        if !decoded.splits.is_sorted() {
+            bail!("internal error: the decoded images are not in split order");
+        }
         let plane = image_len(decoded.side);
         let mut parts: [Part; 3] = Default::default();
-        for (i, (&split, &label)) in decoded.splits.iter().zip(&decoded.labels).enumerate() {
-            let part = &mut parts[usize::from(split)];
-            part.labels.push(label);
-            part.pixels
-                .extend_from_slice(&decoded.pixels[i * plane..(i + 1) * plane]);
+        for k in [2, 1] {
+            let start = decoded.splits.partition_point(|&s| usize::from(s) < k);
+            parts[k] = Part {
+                pixels: decoded.pixels.split_off(start * plane),
+                labels: decoded.labels.split_off(start),
+            };
         }
+        parts[0] = Part {
+            pixels: std::mem::take(&mut decoded.pixels),
+            labels: std::mem::take(&mut decoded.labels),
+        };
         let [train, val, test] = parts;
         for (part, split) in [(&train, "train"), (&test, "test")] {
             if part.labels.is_empty() {
@@ -296,9 +306,10 @@ fn generate_if_missing(dir: &Path, wanted: SynthConfig, log: &dyn Fn(&str)) -> R
     Ok(())
 }
 
-/// A data set from the images of `part` whose labels `keep` maps to a new label.
+/// A data set from the images of `part` whose labels `keep` maps to a new label, kept in
+/// place (no second copy of the pixels).
 fn subset(
-    part: &Part,
+    mut part: Part,
     side: usize,
     split: Split,
     classes: usize,
@@ -306,22 +317,41 @@ fn subset(
     keep: &dyn Fn(u16) -> Option<u16>,
 ) -> DataSet {
     let plane = image_len(side);
-    let mut set = DataSet {
+    let mut kept = 0;
+    for i in 0..part.labels.len() {
+        if let Some(new) = keep(part.labels[i]) {
+            part.pixels
+                .copy_within(i * plane..(i + 1) * plane, kept * plane);
+            part.labels[kept] = new;
+            kept += 1;
+        }
+    }
+    part.labels.truncate(kept);
+    part.pixels.truncate(kept * plane);
+    DataSet {
         split,
         side,
         num_classes: classes,
-        images: Vec::new(),
-        labels: Vec::new(),
+        images: part.pixels,
+        labels: part.labels,
         synthetic,
-    };
-    for (i, &label) in part.labels.iter().enumerate() {
-        if let Some(new) = keep(label) {
-            set.labels.push(new);
-            set.images
-                .extend_from_slice(&part.pixels[i * plane..(i + 1) * plane]);
-        }
     }
-    set
+}
+
+impl Part {
+    /// A copy of the images whose label `keep` accepts.
+    fn select(&self, side: usize, keep: &dyn Fn(u16) -> bool) -> Part {
+        let plane = image_len(side);
+        let mut out = Part::default();
+        for (i, &label) in self.labels.iter().enumerate() {
+            if keep(label) {
+                out.labels.push(label);
+                out.pixels
+                    .extend_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
+            }
+        }
+        out
+    }
 }
 
 /// The classes present in `labels`, in label order.
@@ -510,8 +540,20 @@ fn assemble(named: Named, source: &DataSource) -> Result<Splits> {
     };
     let train_map = relabel(&train_classes, n);
     let test_map = relabel(&test_classes, n);
+    // Held-out classes are copied out of the training part before it is cut down in place.
+    let held_map = relabel(&held_classes, n);
+    let held = (!held_classes.is_empty()).then(|| {
+        subset(
+            train.select(side, &|l| held_map[usize::from(l)].is_some()),
+            side,
+            Split::Train,
+            held_classes.len(),
+            synthetic,
+            &|l| held_map[usize::from(l)],
+        )
+    });
     let train_set = subset(
-        &train,
+        train,
         side,
         Split::Train,
         train_classes.len(),
@@ -519,25 +561,16 @@ fn assemble(named: Named, source: &DataSource) -> Result<Splits> {
         &|l| train_map[usize::from(l)],
     );
     let test_set = subset(
-        &test,
+        test,
         side,
         Split::Test,
         test_classes.len(),
         synthetic,
         &|l| test_map[usize::from(l)],
     );
-    let (train_set, validation, validation_names) = if !held_classes.is_empty() {
-        let held_map = relabel(&held_classes, n);
-        let held = subset(
-            &train,
-            side,
-            Split::Train,
-            held_classes.len(),
-            synthetic,
-            &|l| held_map[usize::from(l)],
-        );
+    let (train_set, validation, validation_names) = if let Some(held) = held {
         (train_set, Some(held), names_of(&held_classes, &names))
-    } else if let Some(v) = &val {
+    } else if let Some(v) = val {
         let classes = if open {
             by_name(present(&v.labels, n))
         } else {
@@ -607,11 +640,7 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     for part in parts {
         hasher.update(part);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&hasher.finalize())
 }
 
 #[cfg(test)]

@@ -509,14 +509,7 @@ impl Experiment {
 
     /// `[data]`'s rules: where each kind of set is named, the protocol's settings.
     fn validate_data(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, allowed: &str| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                value,
-                allowed: allowed.to_string(),
-            })
-        };
+        let bad = |key: &str, value: String, allowed: &str| invalid(path, key, value, allowed);
         let d = &self.data;
         let set = d.set_name();
         match d.set {
@@ -620,14 +613,7 @@ impl Experiment {
 
     /// Check every value that serde cannot (ranges, uniqueness, cross references).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, allowed: &str| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                value,
-                allowed: allowed.to_string(),
-            })
-        };
+        let bad = |key: &str, value: String, allowed: &str| invalid(path, key, value, allowed);
         if self.name.is_empty()
             || !self
                 .name
@@ -838,14 +824,7 @@ impl Experiment {
     }
 
     fn validate_sweep(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, allowed: &str| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                value,
-                allowed: allowed.to_string(),
-            })
-        };
+        let bad = |key: &str, value: String, allowed: &str| invalid(path, key, value, allowed);
         let swept = self.losses.iter().any(|l| !l.sweep.is_empty());
         for l in &self.losses {
             for (key, values) in &l.sweep {
@@ -934,6 +913,16 @@ impl Experiment {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// The refusal of one value: the file, the key, what it was and what is allowed.
+fn invalid(path: &Path, key: &str, value: String, allowed: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        value,
+        allowed: allowed.to_string(),
+    })
 }
 
 #[cfg(test)]
