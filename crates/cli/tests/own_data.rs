@@ -13,7 +13,12 @@ use support::{lossbench, metrics, s, text};
 /// `lossbench data synth --format folder` into `<dir>/images`: 4 classes, 6 training and 3
 /// test images each, PNG and JPEG in turn, shorter side 16.
 fn synth_folder(dir: &Path) -> PathBuf {
+    synth_classes(dir, 4)
+}
+
+fn synth_classes(dir: &Path, classes: usize) -> PathBuf {
     let images = dir.join("images");
+    let classes = classes.to_string();
     let out = lossbench(&[
         "data",
         "synth",
@@ -24,7 +29,7 @@ fn synth_folder(dir: &Path) -> PathBuf {
         "--side",
         "16",
         "--classes",
-        "4",
+        &classes,
         "--train-per-class",
         "6",
         "--test-per-class",
@@ -210,6 +215,104 @@ fn an_image_folder_trains_and_reports_closed_and_open_and_a_csv_of_it_is_the_sam
             .expect("header")
             .contains("final_map_at_r_mean")
     );
+}
+
+#[test]
+fn an_open_set_sweep_selects_by_validation_map_at_r_on_held_out_classes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let images = synth_classes(dir, 6);
+    let results = dir.join("results");
+    let exp = dir.join("open-sweep.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"name = "open-sweep"
+seeds = [0]
+
+[data]
+set = "folder"
+dir = "{images}"
+image_size = 12
+cache = "{cache}"
+protocol = "open"
+open = {{ train_classes = 4 }}
+validation_classes = 2
+
+[model]
+arch = "resnet18"
+width = 0.0625
+
+[training]
+epochs = 1
+batch_size = 8
+lr = 0.1
+schedule = {{ kind = "constant" }}
+
+[sweep]
+epochs = 1
+seeds = [0]
+
+[[losses]]
+name = "softmax"
+
+[[losses]]
+name = "cosface"
+sweep = {{ s = [4.0, 16.0] }}
+"#,
+            images = images.display(),
+            cache = dir.join("cache").display()
+        ),
+    )
+    .expect("experiment");
+    let out = lossbench(&[
+        "sweep",
+        s(&exp),
+        "--backend",
+        "flex",
+        "--results",
+        s(&results),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let record = lossbench_experiment::SweepRecord::read_in(&results.join("open-sweep"))
+        .expect("readable")
+        .expect("written");
+    let cosface = &record.losses[1];
+    assert_eq!(cosface.points.len(), 2);
+    // Under the open protocol the default metric is validation MAP@R, on the held-out classes.
+    for p in &cosface.points {
+        let label = lossbench_grid::sweep::point_label("cosface", &p.point);
+        let records = metrics(&results.join("open-sweep/sweep"), &label, 0);
+        let r = &records[0];
+        assert!(r.val_map_at_r.is_some() && r.val_top1.is_none(), "{r:?}");
+        assert_eq!(p.value, r.val_map_at_r, "{label}");
+    }
+    assert_eq!(&cosface.chosen, support::best_point(&cosface.points));
+
+    // The experiment's runs train at the chosen point, on the training classes left after
+    // the two held out, and test on the two unseen ones.
+    let out = lossbench(&[
+        "run",
+        s(&exp),
+        "--backend",
+        "flex",
+        "--results",
+        s(&results),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = RunDir::new(&results.join("open-sweep"), "cosface", 0);
+    let m = RunManifest::read(&run.manifest()).expect("run.json");
+    assert_eq!(m.params["s"], cosface.chosen["s"]);
+    let data = m.data.expect("data summary");
+    assert_eq!(data.train_classes.len(), 2);
+    assert_eq!(data.validation_classes.len(), 2);
+    assert_eq!(data.test_classes, ["class-04", "class-05"]);
+    for held in &data.validation_classes {
+        assert!(
+            !data.train_classes.contains(held),
+            "{held} held out and trained"
+        );
+    }
 }
 
 /// Runs `data` (the `[data]` body) and expects exit code 2 with every `wanted` fragment in

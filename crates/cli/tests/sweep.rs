@@ -80,19 +80,7 @@ fn sweep_then_run_at_the_chosen_point_then_report() {
     let normface = &record.losses[1];
     assert_eq!(normface.points.len(), 4);
     // The choice is the point with the best validation top-1 (the first of equals).
-    let best = normface
-        .points
-        .iter()
-        .filter_map(|p| p.value.map(|v| (p, v)))
-        .fold(
-            None,
-            |best: Option<(&lossbench_experiment::PointResult, f64)>, (p, v)| match best {
-                Some((_, b)) if b >= v => best,
-                _ => Some((p, v)),
-            },
-        )
-        .expect("a finite point");
-    assert_eq!(normface.chosen, best.0.point);
+    assert_eq!(&normface.chosen, support::best_point(&normface.points));
     for p in &normface.points {
         let label = lossbench_grid::sweep::point_label("normface", &p.point);
         let records =

@@ -173,3 +173,17 @@ pub fn repeated_clause(message: &str) -> Option<String> {
         .find(|(i, c)| clauses[..*i].contains(c))
         .map(|(_, c)| (*c).to_string())
 }
+
+/// The point a sweep must choose where a larger value is better: the one with the largest
+/// value, the first of equals.
+pub fn best_point(points: &[lossbench_experiment::PointResult]) -> &lossbench_experiment::Point {
+    let mut best: Option<(&lossbench_experiment::PointResult, f64)> = None;
+    for p in points {
+        if let Some(v) = p.value
+            && best.is_none_or(|(_, b)| v > b)
+        {
+            best = Some((p, v));
+        }
+    }
+    &best.expect("a finite point").0.point
+}
