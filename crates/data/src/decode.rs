@@ -79,41 +79,13 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 fn jpeg_at_scale(bytes: &[u8], side: usize) -> Result<Option<RgbImage>, Unreadable> {
     // libjpeg reports a damaged file by unwinding out of its error handler (no panic hook,
     // nothing printed); that is caught here and becomes the file's error.
-    let decoded = std::panic::catch_unwind(
-        || -> Result<Option<(RgbImage, Option<Vec<u8>>)>, Unreadable> {
-            let mut decoder = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)])
-                .from_mem(bytes)
-                .map_err(|e| e.to_string())?;
-            if !matches!(
-                decoder.color_space(),
-                mozjpeg::ColorSpace::JCS_YCbCr
-                    | mozjpeg::ColorSpace::JCS_RGB
-                    | mozjpeg::ColorSpace::JCS_GRAYSCALE
-            ) {
-                return Ok(None);
-            }
-            let (w, h) = decoder.size();
-            decoder.scale(dct_scale_eighths(w.min(h), side));
-            let exif = decoder
-                .markers()
-                .find_map(|m| m.data.strip_prefix(b"Exif\0\0").map(<[u8]>::to_vec));
-            // Grey is repeated into R, G and B by the decoder itself.
-            let mut started = decoder.rgb().map_err(|e| e.to_string())?;
-            let (w, h) = (started.width() as u32, started.height() as u32);
-            let pixels = started.read_scanlines::<u8>().map_err(|e| e.to_string())?;
-            started.finish().map_err(|e| e.to_string())?;
-            let rgb = RgbImage::from_raw(w, h, pixels)
-                .ok_or("the decoded JPEG has the wrong number of pixels")?;
-            Ok(Some((rgb, exif)))
-        },
-    )
-    .map_err(|panic| {
+    let decoded = std::panic::catch_unwind(|| libjpeg_scaled(bytes, side)).map_err(|panic| {
         panic
             .downcast_ref::<String>()
             .map(|m| m.trim_start_matches("libjpeg fatal error: ").to_string())
             .unwrap_or_else(|| "the JPEG decoder failed".into())
     })??;
-    let Some((rgb, exif)) = decoded else {
+    let Some(ScaledJpeg { rgb, exif }) = decoded else {
         return Ok(None);
     };
     if rgb.width() == 0 || rgb.height() == 0 {
@@ -127,6 +99,40 @@ fn jpeg_at_scale(bytes: &[u8], side: usize) -> Result<Option<RgbImage>, Unreadab
         image.apply_orientation(orientation);
     }
     Ok(Some(image.into_rgb8()))
+}
+
+/// A JPEG as libjpeg-turbo decoded it at the DCT scale, and its EXIF block.
+struct ScaledJpeg {
+    rgb: RgbImage,
+    exif: Option<Vec<u8>>,
+}
+
+/// The decoding itself (may unwind: see [`jpeg_at_scale`]).
+fn libjpeg_scaled(bytes: &[u8], side: usize) -> Result<Option<ScaledJpeg>, Unreadable> {
+    let mut decoder = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)])
+        .from_mem(bytes)
+        .map_err(|e| e.to_string())?;
+    if !matches!(
+        decoder.color_space(),
+        mozjpeg::ColorSpace::JCS_YCbCr
+            | mozjpeg::ColorSpace::JCS_RGB
+            | mozjpeg::ColorSpace::JCS_GRAYSCALE
+    ) {
+        return Ok(None);
+    }
+    let (w, h) = decoder.size();
+    decoder.scale(dct_scale_eighths(w.min(h), side));
+    let exif = decoder
+        .markers()
+        .find_map(|m| m.data.strip_prefix(b"Exif\0\0").map(<[u8]>::to_vec));
+    // Grey is repeated into R, G and B by the decoder itself.
+    let mut started = decoder.rgb().map_err(|e| e.to_string())?;
+    let (w, h) = (started.width() as u32, started.height() as u32);
+    let pixels = started.read_scanlines::<u8>().map_err(|e| e.to_string())?;
+    started.finish().map_err(|e| e.to_string())?;
+    let rgb = RgbImage::from_raw(w, h, pixels)
+        .ok_or("the decoded JPEG has the wrong number of pixels")?;
+    Ok(Some(ScaledJpeg { rgb, exif }))
 }
 
 /// The smallest of libjpeg's scales 1/8, 2/8, 4/8 and 8/8 (PIL's `draft` choices) at which a
