@@ -1,11 +1,11 @@
-//! The forward convolution and its weight gradient in the vendored burn-flex
-//! (vendor/burn-flex/LOSSBENCH.md) against their definitions summed in f64, directly and
-//! through autodiff.
+//! The forward convolution, its weight gradient and its input gradient (a transposed
+//! convolution) in the vendored burn-flex (vendor/burn-flex/LOSSBENCH.md) against their
+//! definitions summed in f64, directly and through autodiff.
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::module::{conv2d, conv2d_weight_backward};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv_transpose2d, conv2d, conv2d_weight_backward};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 /// Deterministic values in [-1, 1].
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -107,6 +107,41 @@ impl Case {
         y
     }
 
+    /// The transposed convolution that is this convolution's input gradient: its output
+    /// padding restores the input size the strided forward rounded away.
+    fn transposed_options(&self) -> ConvTransposeOptions<2> {
+        let out = self.out();
+        let padding_out = [0, 1].map(|i| {
+            self.hw[i] + 2 * self.padding[i]
+                - ((out[i] - 1) * self.stride[i] + self.dilation[i] * (self.kernel[i] - 1) + 1)
+        });
+        ConvTransposeOptions::new(
+            self.stride,
+            self.padding,
+            padding_out,
+            self.dilation,
+            self.groups,
+        )
+    }
+
+    /// dx[b, c, iy, ix] = bias[c] + Σ g[b, o, y, x] · w[o, c − group(o)·cpg, ky, kx] over the
+    /// taps that read (iy, ix), with the sum of the terms' magnitudes beside each value.
+    fn input_reference(&self, w: &[f64], g: &[f64], bias: &[f64]) -> Vec<(f64, f64)> {
+        let [_, ci, h, wd] = self.x_shape();
+        let mut dx: Vec<(f64, f64)> = (0..self.batch * ci * h * wd)
+            .map(|i| {
+                let b = bias[(i / (h * wd)) % ci];
+                (b, b.abs())
+            })
+            .collect();
+        self.for_each_tap(|xi, wi, yi| {
+            let term = w[wi] * g[yi];
+            dx[xi].0 += term;
+            dx[xi].1 += term.abs();
+        });
+        dx
+    }
+
     /// dW[o, c, ky, kx] = Σ_b,y,x g[b, o, y, x] · x[b, group(o)·cpg + c, y·s + ky·d − p, …],
     /// with the sum of the terms' magnitudes beside each value.
     fn reference(&self, x: &[f64], g: &[f64]) -> Vec<(f64, f64)> {
@@ -151,6 +186,28 @@ fn check(case: &Case, dtype: DType, tolerance: f64) {
     let wt = Tensor::<4>::zeros(case.w_shape(), on);
     let got = conv2d_weight_backward(xt, wt, gt, case.options());
     assert_eq!(got.dims(), case.w_shape());
+    let got: Vec<f64> = got.into_data().try_into_vec_as::<f64>().expect("f64 data");
+    assert_close(&got, &want, tolerance, case);
+}
+
+/// The input gradient as burn computes it, a transposed convolution of the output gradient
+/// with the forward's kernel (and, to cover the bias, a bias on its `c_in` outputs).
+fn check_input_gradient(case: &Case, dtype: DType, tolerance: f64, with_bias: bool) {
+    let device = Device::flex();
+    let w = values(case.w_shape().iter().product(), 3);
+    let g = values(case.g_shape().iter().product(), 2);
+    let bias = if with_bias {
+        values(case.c_in, 4)
+    } else {
+        vec![0.0; case.c_in]
+    };
+    let want = case.input_reference(&w, &g, &bias);
+    let on = (&device, dtype);
+    let gt = Tensor::<4>::from_data(TensorData::new(g, case.g_shape()), on);
+    let wt = Tensor::<4>::from_data(TensorData::new(w, case.w_shape()), on);
+    let bt = with_bias.then(|| Tensor::<1>::from_data(TensorData::new(bias, [case.c_in]), on));
+    let got = conv_transpose2d(gt, wt, bt, case.transposed_options());
+    assert_eq!(got.dims(), case.x_shape());
     let got: Vec<f64> = got.into_data().try_into_vec_as::<f64>().expect("f64 data");
     assert_close(&got, &want, tolerance, case);
 }
@@ -302,4 +359,79 @@ fn autodiff_uses_it_for_the_weight_gradient() {
         .try_into_vec_as::<f64>()
         .expect("f64 data");
     assert_close(&got, &want, 1e-6, &c);
+}
+
+/// Input-gradient geometries with at least 16 output channels per group (the reduction the
+/// gemm paths take; fewer stay upstream's), the ResNet shapes among them: stride 1 on planes
+/// under 16×16 runs as a forward convolution with the flipped kernel, the rest through
+/// col2im (the 40×40 case of the chunk test, strides, groups).
+fn input_gradient_geometries() -> Vec<Case> {
+    vec![
+        case(3, 4, 16, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1], 1),
+        case(2, 3, 16, [8, 8], [3, 3], [2, 2], [1, 1], [1, 1], 1),
+        case(2, 5, 16, [6, 9], [1, 1], [1, 1], [1, 1], [0, 0], 1),
+        case(2, 3, 17, [9, 9], [1, 1], [2, 2], [1, 1], [0, 0], 1),
+        case(1, 2, 16, [10, 7], [3, 2], [2, 1], [2, 1], [2, 0], 1),
+        case(2, 2, 16, [5, 5], [5, 5], [1, 1], [1, 1], [2, 2], 1),
+        case(2, 3, 16, [9, 9], [3, 3], [2, 2], [1, 1], [1, 1], 1),
+        case(2, 8, 64, [4, 4], [3, 3], [1, 1], [1, 1], [1, 1], 1),
+        case(2, 6, 32, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1], 2),
+        // dilation on a small plane (the flipped-kernel forward), and padding wider than
+        // the kernel reaches (col2im: the flipped forward would need negative padding)
+        case(2, 3, 16, [7, 7], [3, 3], [1, 1], [2, 2], [1, 1], 1),
+        case(2, 3, 16, [5, 5], [1, 1], [1, 1], [1, 1], [1, 1], 1),
+        // below the threshold: upstream's kernel, checked the same way
+        case(2, 4, 5, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 1),
+    ]
+}
+
+#[test]
+fn input_gradient_matches_the_definition() {
+    for c in input_gradient_geometries() {
+        check_input_gradient(&c, DType::F32, 1e-6, false);
+        check_input_gradient(&c, DType::F32, 1e-6, true);
+        check_input_gradient(&c, DType::F64, 1e-14, true);
+    }
+}
+
+#[test]
+fn input_gradient_accumulates_over_sample_chunks() {
+    // The columns are the 128 · 9 rows of the convolution's input × 40² positions = 1.8 Mi
+    // elements a sample: one sample a chunk, three chunks.
+    check_input_gradient(
+        &case(3, 128, 16, [40, 40], [3, 3], [1, 1], [1, 1], [1, 1], 1),
+        DType::F32,
+        1e-6,
+        true,
+    );
+}
+
+#[test]
+fn autodiff_uses_it_for_the_input_gradient() {
+    // loss = Σ conv2d(x, w) ⊙ g  ⇒  ∂loss/∂x is the transposed convolution of g with w.
+    for c in [
+        case(2, 3, 16, [6, 6], [3, 3], [2, 2], [1, 1], [1, 1], 1),
+        case(2, 8, 32, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 1),
+    ] {
+        let device = Device::flex().autodiff();
+        let w = values(c.w_shape().iter().product(), 3);
+        let g = values(c.g_shape().iter().product(), 2);
+        let want = c.input_reference(&w, &g, &vec![0.0; c.c_in]);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(values(c.x_shape().iter().product(), 1), c.x_shape()),
+            &device,
+        )
+        .require_grad();
+        let gt = Tensor::<4>::from_data(TensorData::new(g, c.g_shape()), &device);
+        let wt = Tensor::<4>::from_data(TensorData::new(w, c.w_shape()), &device);
+        let loss = (conv2d(x.clone(), wt, None, c.options()) * gt).sum();
+        let grads = loss.backward();
+        let got: Vec<f64> = x
+            .grad(&grads)
+            .expect("input gradient")
+            .into_data()
+            .try_into_vec_as::<f64>()
+            .expect("f64 data");
+        assert_close(&got, &want, 1e-6, &c);
+    }
 }
