@@ -217,6 +217,67 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
 }
 
 #[test]
+fn a_resume_on_a_cpu_with_other_kernels_needs_the_flag() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let exp = integrity().write(dir.path(), "e.toml");
+    let results = dir.path().join("results");
+    succeeded(&run(
+        &exp,
+        &results,
+        &["--backend", "flex", "--loss", "softmax"],
+    ));
+    let run_dir = RunDir::new(&results.join("integrity"), "softmax", 0);
+    let mut m = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    let here = m
+        .cpu_kernels
+        .clone()
+        .expect("a CPU run records its kernel level");
+    assert_eq!(here, lossbench_train::cpu::kernel_level());
+    assert!(
+        m.cpu.as_deref().is_some_and(|c| !c.is_empty()),
+        "{:?}",
+        m.cpu
+    );
+    // As if epoch 1 had run on a CPU at another level: epoch 2 lost, status failed.
+    std::fs::remove_file(run_dir.checkpoints().join("epoch-0002.ckpt")).expect("rm");
+    m.status = RunStatus::Failed;
+    m.cpu_kernels = Some("x86-64-v9".into());
+    m.cpu = Some("Imaginary CPU".into());
+    m.write(&run_dir.manifest()).expect("write");
+
+    let out = run(
+        &exp,
+        &results,
+        &["--backend", "flex", "--resume", "--loss", "softmax"],
+    );
+    assert_one_line_error(
+        &out,
+        &[
+            "trained with flex's x86-64-v9 kernels (Imaginary CPU)",
+            &format!("would continue with its {here} kernels"),
+            "--allow-backend-change",
+        ],
+    );
+    succeeded(&run(
+        &exp,
+        &results,
+        &[
+            "--backend",
+            "flex",
+            "--resume",
+            "--loss",
+            "softmax",
+            "--allow-backend-change",
+        ],
+    ));
+    let m = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    assert_eq!(
+        (m.status, m.cpu_kernels.as_deref()),
+        (RunStatus::Completed, Some(here.as_str()))
+    );
+}
+
+#[test]
 fn verify_results_names_damaged_files() {
     let dir = tempfile::tempdir().expect("tmp");
     let exp = integrity().write(dir.path(), "e.toml");

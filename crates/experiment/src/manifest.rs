@@ -38,6 +38,13 @@ pub struct RunManifest {
     pub error: Option<String>,
     pub backend: String,
     pub device: String,
+    /// The CPU model of the host (absent in runs of an older lossbench).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// On a CPU backend, the x86-64 level its kernels ran at (`x86-64-v3`, `x86-64-v4`):
+    /// another level sums in another order (absent on GPUs and in older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_kernels: Option<String>,
     pub versions: BTreeMap<String, String>,
     #[serde(default)]
     pub git_commit: Option<String>,

@@ -38,7 +38,8 @@ pub struct RunOptions {
     /// Download the (non-synthetic) data set first if it is missing.
     pub fetch: bool,
     /// Let `--resume` continue a run on another backend than the one it was trained on
-    /// (each epoch's backend is recorded in the metrics).
+    /// (each epoch's backend is recorded in the metrics), or on a CPU whose kernels run at
+    /// another x86-64 level (`cpu_kernels` in run.json).
     pub allow_backend_change: bool,
     /// All runs, one index of the grid, or a shard of it (cluster jobs).
     pub selection: Selection,
@@ -376,6 +377,25 @@ fn preflight(
                 recorded.backend,
                 backend.name,
                 recorded.backend
+            );
+        }
+        let kernels_now = backend.cpu_kernels();
+        if will_train
+            && recorded.backend == backend.name
+            && kernels_now.is_some()
+            && recorded.cpu_kernels.is_some()
+            && recorded.cpu_kernels.as_deref() != kernels_now
+            && !options.allow_backend_change
+        {
+            bail!(
+                "{} was trained with {}'s {} kernels ({}) and would continue with its {} kernels on this CPU ({}), which add in another order, so its numbers would differ from a run without the break: pass --allow-backend-change to allow it, or resume on a CPU at {}",
+                run.path.display(),
+                backend.name,
+                recorded.cpu_kernels.as_deref().unwrap_or_default(),
+                recorded.cpu.as_deref().unwrap_or("CPU not recorded"),
+                kernels_now.unwrap_or_default(),
+                lossbench_train::cpu::model(),
+                recorded.cpu_kernels.as_deref().unwrap_or_default()
             );
         }
     }

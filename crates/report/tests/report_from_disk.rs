@@ -104,6 +104,8 @@ fn write_run(
         error: None,
         backend: "flex".into(),
         device: "CPU (flex)".into(),
+        cpu: None,
+        cpu_kernels: None,
         versions: BTreeMap::from([("lossbench".into(), "0.1.0".into())]),
         git_commit: None,
         synthetic_data: false,

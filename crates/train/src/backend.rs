@@ -146,6 +146,13 @@ impl Backend {
         }
     }
 
+    /// On a CPU backend, the x86-64 level its kernels run at here ([`crate::cpu`]): a run
+    /// resumed at another level would mix two summation orders.
+    #[must_use]
+    pub fn cpu_kernels(&self) -> Option<&'static str> {
+        (self.kind == DeviceKind::Cpu).then(crate::cpu::kernel_level)
+    }
+
     /// Whether the first steps are slower than the rest (a GPU compiles and tunes its
     /// kernels then, and runs ahead of the host): a benchmark warms up longer.
     #[must_use]

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cpu;
 mod evaluate;
 pub mod net;
 pub mod progress;

@@ -152,6 +152,8 @@ fn manifest(
         error: None,
         backend: spec.backend.name.to_string(),
         device: spec.backend.device_name.clone(),
+        cpu: Some(crate::cpu::model()),
+        cpu_kernels: spec.backend.cpu_kernels().map(str::to_string),
         versions: BTreeMap::from([
             (
                 "lossbench".to_string(),
