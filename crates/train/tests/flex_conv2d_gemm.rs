@@ -1,6 +1,6 @@
-//! The forward convolution, its weight gradient and its input gradient (a transposed
-//! convolution) in the vendored burn-flex (vendor/burn-flex/LOSSBENCH.md) against their
-//! definitions summed in f64, directly and through autodiff.
+//! The forward convolution and its weight gradient in the vendored burn-flex
+//! (vendor/burn-flex/LOSSBENCH.md), and the input gradient (upstream's transposed
+//! convolution), against their definitions summed in f64, directly and through autodiff.
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -361,10 +361,9 @@ fn autodiff_uses_it_for_the_weight_gradient() {
     assert_close(&got, &want, 1e-6, &c);
 }
 
-/// Input-gradient geometries with at least 16 output channels per group (the reduction the
-/// gemm paths take; fewer stay upstream's), the ResNet shapes among them: stride 1 on planes
-/// under 16×16 runs as a forward convolution with the flipped kernel, the rest through
-/// col2im (the 40×40 case of the chunk test, strides, groups).
+/// Input-gradient geometries (upstream's transposed convolution, per sample gemm + col2im),
+/// the ResNet shapes among them: strides, dilation, 1×1, groups, padding wider than the
+/// kernel reaches.
 fn input_gradient_geometries() -> Vec<Case> {
     vec![
         case(3, 4, 16, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1], 1),
@@ -376,11 +375,10 @@ fn input_gradient_geometries() -> Vec<Case> {
         case(2, 3, 16, [9, 9], [3, 3], [2, 2], [1, 1], [1, 1], 1),
         case(2, 8, 64, [4, 4], [3, 3], [1, 1], [1, 1], [1, 1], 1),
         case(2, 6, 32, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1], 2),
-        // dilation on a small plane (the flipped-kernel forward), and padding wider than
-        // the kernel reaches (col2im: the flipped forward would need negative padding)
+        // dilation, and padding wider than the kernel reaches
         case(2, 3, 16, [7, 7], [3, 3], [1, 1], [2, 2], [1, 1], 1),
         case(2, 3, 16, [5, 5], [1, 1], [1, 1], [1, 1], [1, 1], 1),
-        // below the threshold: upstream's kernel, checked the same way
+        // few channels
         case(2, 4, 5, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 1),
     ]
 }
@@ -396,8 +394,7 @@ fn input_gradient_matches_the_definition() {
 
 #[test]
 fn input_gradient_accumulates_over_sample_chunks() {
-    // The columns are the 128 · 9 rows of the convolution's input × 40² positions = 1.8 Mi
-    // elements a sample: one sample a chunk, three chunks.
+    // A larger plane (40×40) and reduction (128 input channels × 3×3) than the cases above.
     check_input_gradient(
         &case(3, 128, 16, [40, 40], [3, 3], [1, 1], [1, 1], [1, 1], 1),
         DType::F32,
