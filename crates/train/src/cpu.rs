@@ -22,8 +22,9 @@ pub fn model() -> String {
         .unwrap_or_else(|| format!("unknown {} CPU", std::env::consts::ARCH))
 }
 
-/// The x86-64 level flex's kernels run at here: the feature sets pulp and macerator test
-/// before choosing their AVX-512 (`x86-64-v4`) and AVX2 (`x86-64-v3`) code. Elsewhere the
+/// The x86-64 level flex's kernels run at here: the feature sets pulp (gemm) and macerator
+/// test before choosing their AVX-512 (`x86-64-v4`) and AVX2 (`x86-64-v3`) code (the union
+/// of both lists; macerator also asks for F16C). Elsewhere the
 /// architecture's name (one kernel set each).
 #[must_use]
 pub fn kernel_level() -> &'static str {
@@ -37,7 +38,8 @@ pub fn kernel_level() -> &'static str {
             && has!("bmi2")
             && has!("lzcnt")
             && has!("popcnt")
-            && has!("sse4.2");
+            && has!("sse4.2")
+            && has!("f16c");
         let v4 = v3
             && has!("avx512f")
             && has!("avx512bw")
