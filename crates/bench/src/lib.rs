@@ -117,16 +117,9 @@ fn time(warmup: usize, repeats: usize, mut f: impl FnMut()) -> (f64, usize) {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
     format!(
-        "{cpu}, {} logical CPUs, {}",
+        "{}, {} logical CPUs, {}",
+        lossbench_train::cpu::model(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         std::env::consts::OS
     )

@@ -41,8 +41,22 @@ fn synth_classes(dir: &Path, classes: usize) -> PathBuf {
     images
 }
 
+/// The losses of [`experiment`]: softmax and CosFace.
+const TWO_LOSSES: &str = r#"[[losses]]
+name = "softmax"
+
+[[losses]]
+name = "cosface"
+"#;
+
 /// An experiment on a set of your own: `data` is the `[data]` table's body.
 fn experiment(dir: &Path, name: &str, data: &str) -> PathBuf {
+    experiment_with(dir, name, data, TWO_LOSSES)
+}
+
+/// [`experiment`] with `rest` (what follows `[training]`: losses, a sweep) in place of its
+/// two losses.
+fn experiment_with(dir: &Path, name: &str, data: &str, rest: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -65,12 +79,7 @@ batch_size = 8
 lr = 0.1
 schedule = {{ kind = "constant" }}
 
-[[losses]]
-name = "softmax"
-
-[[losses]]
-name = "cosface"
-"#,
+{rest}"#,
             cache = dir.join("cache").display()
         ),
     )
@@ -223,33 +232,14 @@ fn an_open_set_sweep_selects_by_validation_map_at_r_on_held_out_classes() {
     let dir = tmp.path();
     let images = synth_classes(dir, 6);
     let results = dir.join("results");
-    let exp = dir.join("open-sweep.toml");
-    std::fs::write(
-        &exp,
-        format!(
-            r#"name = "open-sweep"
-seeds = [0]
-
-[data]
-set = "folder"
-dir = "{images}"
-image_size = 12
-cache = "{cache}"
-protocol = "open"
-open = {{ train_classes = 4 }}
-validation_classes = 2
-
-[model]
-arch = "resnet18"
-width = 0.0625
-
-[training]
-epochs = 1
-batch_size = 8
-lr = 0.1
-schedule = {{ kind = "constant" }}
-
-[sweep]
+    let exp = experiment_with(
+        dir,
+        "open-sweep",
+        &format!(
+            "set = \"folder\"\ndir = \"{}\"\nprotocol = \"open\"\nopen = {{ train_classes = 4 }}\nvalidation_classes = 2",
+            images.display()
+        ),
+        r#"[sweep]
 epochs = 1
 seeds = [0]
 
@@ -258,13 +248,9 @@ name = "softmax"
 
 [[losses]]
 name = "cosface"
-sweep = {{ s = [4.0, 16.0] }}
+sweep = { s = [4.0, 16.0] }
 "#,
-            images = images.display(),
-            cache = dir.join("cache").display()
-        ),
-    )
-    .expect("experiment");
+    );
     let out = lossbench(&[
         "sweep",
         s(&exp),

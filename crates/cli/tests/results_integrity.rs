@@ -161,22 +161,34 @@ fn a_run_is_never_continued_under_another_recipe_or_experiment() {
     assert_eq!(read_metrics(&cosface).expect("metrics").len(), 2);
 }
 
-#[test]
-fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let exp = integrity().write(dir.path(), "e.toml");
-    let results = dir.path().join("results");
+/// The softmax run of [`integrity`] trained on flex: (experiment file, results root, run).
+fn trained_softmax(dir: &Path) -> (PathBuf, PathBuf, RunDir) {
+    let exp = integrity().write(dir, "e.toml");
+    let results = dir.join("results");
     succeeded(&run(
         &exp,
         &results,
         &["--backend", "flex", "--loss", "softmax"],
     ));
-    // Make it an interrupted run: epoch 2's checkpoint lost, status failed.
     let run_dir = RunDir::new(&results.join("integrity"), "softmax", 0);
+    (exp, results, run_dir)
+}
+
+/// Make a finished run an interrupted one (epoch 2's checkpoint lost, status failed), with
+/// `edit` applied to its run.json as well.
+fn interrupt(run_dir: &RunDir, edit: impl FnOnce(&mut RunManifest)) {
     std::fs::remove_file(run_dir.checkpoints().join("epoch-0002.ckpt")).expect("rm");
     let mut m = RunManifest::read(&run_dir.manifest()).expect("run.json");
     m.status = RunStatus::Failed;
+    edit(&mut m);
     m.write(&run_dir.manifest()).expect("write");
+}
+
+#[test]
+fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (exp, results, run_dir) = trained_softmax(dir.path());
+    interrupt(&run_dir, |_| {});
 
     let out = run(
         &exp,
@@ -219,15 +231,8 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
 #[test]
 fn a_resume_on_a_cpu_with_other_kernels_needs_the_flag() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exp = integrity().write(dir.path(), "e.toml");
-    let results = dir.path().join("results");
-    succeeded(&run(
-        &exp,
-        &results,
-        &["--backend", "flex", "--loss", "softmax"],
-    ));
-    let run_dir = RunDir::new(&results.join("integrity"), "softmax", 0);
-    let mut m = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    let (exp, results, run_dir) = trained_softmax(dir.path());
+    let m = RunManifest::read(&run_dir.manifest()).expect("run.json");
     let here = m
         .cpu_kernels
         .clone()
@@ -238,12 +243,11 @@ fn a_resume_on_a_cpu_with_other_kernels_needs_the_flag() {
         "{:?}",
         m.cpu
     );
-    // As if epoch 1 had run on a CPU at another level: epoch 2 lost, status failed.
-    std::fs::remove_file(run_dir.checkpoints().join("epoch-0002.ckpt")).expect("rm");
-    m.status = RunStatus::Failed;
-    m.cpu_kernels = Some("x86-64-v9".into());
-    m.cpu = Some("Imaginary CPU".into());
-    m.write(&run_dir.manifest()).expect("write");
+    // As if epoch 1 had run on a CPU at another level.
+    interrupt(&run_dir, |m| {
+        m.cpu_kernels = Some("x86-64-v9".into());
+        m.cpu = Some("Imaginary CPU".into());
+    });
 
     let out = run(
         &exp,

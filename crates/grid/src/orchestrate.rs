@@ -379,23 +379,18 @@ fn preflight(
                 recorded.backend
             );
         }
-        let kernels_now = backend.cpu_kernels();
         if will_train
             && recorded.backend == backend.name
-            && kernels_now.is_some()
-            && recorded.cpu_kernels.is_some()
-            && recorded.cpu_kernels.as_deref() != kernels_now
             && !options.allow_backend_change
+            && let (Some(was), Some(now)) = (recorded.cpu_kernels.as_deref(), backend.cpu_kernels())
+            && was != now
         {
             bail!(
-                "{} was trained with {}'s {} kernels ({}) and would continue with its {} kernels on this CPU ({}), which add in another order, so its numbers would differ from a run without the break: pass --allow-backend-change to allow it, or resume on a CPU at {}",
+                "{} was trained with {}'s {was} kernels ({}) and would continue with its {now} kernels on this CPU ({}), which add in another order, so its numbers would differ from a run without the break: pass --allow-backend-change to allow it, or resume on a CPU at {was}",
                 run.path.display(),
                 backend.name,
-                recorded.cpu_kernels.as_deref().unwrap_or_default(),
                 recorded.cpu.as_deref().unwrap_or("CPU not recorded"),
-                kernels_now.unwrap_or_default(),
                 lossbench_train::cpu::model(),
-                recorded.cpu_kernels.as_deref().unwrap_or_default()
             );
         }
     }
