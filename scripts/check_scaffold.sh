@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 name=scaffold-check
 target="${CARGO_TARGET_DIR:-$HOME/.cache/lossbench-target}"
 deps="$target/debug/deps"
-# Test executables of the workspace (~0.9 GB each, their line tables): a new loss crate
-# gives every crate above the registry a new hash, so the whole set would be linked a
-# second time beside the first (~25 GB; CI ran out of disk here). The first set is removed
-# before (the next `just test` links it again), the scaffold's own after. The binary
-# itself (lossbench-<hash>) stays.
+# Test executables of the workspace (0.1-0.2 GB each; 0.9 GB while the dependencies kept
+# their line tables): a new loss crate gives every crate above the registry a new hash, so
+# the whole set would be linked a second time beside the first (CI once ran out of disk
+# here). The first set is removed before (the next `just test` links it again), the
+# scaffold's own after. The binary itself (lossbench-<hash>) stays.
 remove_test_executables() {
   [ -d "$deps" ] || return 0
   find "$deps" -maxdepth 1 -type f -perm -u+x ! -name '*.*' ! -name 'lossbench-[0-9a-f]*' "$@" -delete
