@@ -136,8 +136,8 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench/results.json")]
         out: PathBuf,
-        /// Backends for the training-step benchmark, comma-separated (wgpu on lavapipe and
-        /// ndarray take many minutes per ResNet-50 step on a CPU).
+        /// Backends for the training-step benchmark, comma-separated (wgpu on lavapipe takes
+        /// many minutes per ResNet-50 step on a CPU).
         #[arg(long, value_delimiter = ',', default_value = "flex")]
         backends: Vec<String>,
         /// Fewer shapes and repeats: a smoke run.

@@ -51,8 +51,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub fetch: bool,
     /// With --resume, continue runs trained on another backend (recorded per epoch;
-    /// only flex → flex is bit-exact), or on a CPU whose kernels run at another x86-64
-    /// level (`cpu_kernels` in run.json).
+    /// only flex → flex is bit-exact), or on a CPU whose kernels compute other numbers
+    /// (one without AVX2 + FMA after one with them, or the reverse; `cpu_kernels` in run.json).
     #[arg(long)]
     pub allow_backend_change: bool,
     /// Run only this index of the grid (see `lossbench plan`); `auto` reads

@@ -186,6 +186,11 @@ fn interrupt(run_dir: &RunDir, edit: impl FnOnce(&mut RunManifest)) {
 
 #[test]
 fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
+    // The other backend is wgpu: lavapipe on a machine without a GPU (CI installs it).
+    if lossbench_train::backend::probe_wgpu().is_none() {
+        eprintln!("skipped: no Vulkan adapter for wgpu here, and flex is the only CPU backend");
+        return;
+    }
     let dir = tempfile::tempdir().expect("tmp");
     let (exp, results, run_dir) = trained_softmax(dir.path());
     interrupt(&run_dir, |_| {});
@@ -193,12 +198,12 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
     let out = run(
         &exp,
         &results,
-        &["--backend", "ndarray", "--resume", "--loss", "softmax"],
+        &["--backend", "wgpu", "--resume", "--loss", "softmax"],
     );
     assert_one_line_error(
         &out,
         &[
-            "trained on flex and would continue on ndarray",
+            "trained on flex and would continue on wgpu",
             "--allow-backend-change",
         ],
     );
@@ -208,7 +213,7 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
         &results,
         &[
             "--backend",
-            "ndarray",
+            "wgpu",
             "--resume",
             "--loss",
             "softmax",
@@ -220,11 +225,11 @@ fn a_backend_switch_on_resume_needs_a_flag_and_is_recorded_per_epoch() {
         .into_iter()
         .map(|r| r.backend)
         .collect();
-    assert_eq!(backends, ["flex", "ndarray"]);
+    assert_eq!(backends, ["flex", "wgpu"]);
     let m = RunManifest::read(&run_dir.manifest()).expect("run.json");
     assert_eq!(
         (m.status, m.backend.as_str()),
-        (RunStatus::Completed, "ndarray")
+        (RunStatus::Completed, "wgpu")
     );
 }
 
@@ -278,6 +283,33 @@ fn a_resume_on_a_cpu_with_other_kernels_needs_the_flag() {
     assert_eq!(
         (m.status, m.cpu_kernels.as_deref()),
         (RunStatus::Completed, Some(here.as_str()))
+    );
+}
+
+#[test]
+fn a_resume_between_avx512_and_avx2_kernels_needs_no_flag() {
+    // Both compute the same numbers (vendor/gemm-common, vendor/macerator): no break to flag.
+    let here = lossbench_train::cpu::kernel_level();
+    let other = match here {
+        "x86-64-v3" => "x86-64-v4",
+        "x86-64-v4" => "x86-64-v3",
+        _ => {
+            eprintln!("skipped: flex runs {here} kernels here, neither AVX2 nor AVX-512 ones");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (exp, results, run_dir) = trained_softmax(dir.path());
+    interrupt(&run_dir, |m| m.cpu_kernels = Some(other.into()));
+    succeeded(&run(
+        &exp,
+        &results,
+        &["--backend", "flex", "--resume", "--loss", "softmax"],
+    ));
+    let m = RunManifest::read(&run_dir.manifest()).expect("run.json");
+    assert_eq!(
+        (m.status, m.cpu_kernels.as_deref()),
+        (RunStatus::Completed, Some(here))
     );
 }
 

@@ -39,7 +39,7 @@ pub struct RunOptions {
     pub fetch: bool,
     /// Let `--resume` continue a run on another backend than the one it was trained on
     /// (each epoch's backend is recorded in the metrics), or on a CPU whose kernels run at
-    /// another x86-64 level (`cpu_kernels` in run.json).
+    /// an x86-64 level that computes other numbers (`cpu_kernels` in run.json).
     pub allow_backend_change: bool,
     /// All runs, one index of the grid, or a shard of it (cluster jobs).
     pub selection: Selection,
@@ -383,7 +383,7 @@ fn preflight(
             && recorded.backend == backend.name
             && !options.allow_backend_change
             && let (Some(was), Some(now)) = (recorded.cpu_kernels.as_deref(), backend.cpu_kernels())
-            && was != now
+            && !lossbench_train::cpu::same_numbers(was, now)
         {
             bail!(
                 "{} was trained with {}'s {was} kernels ({}) and would continue with its {now} kernels on this CPU ({}), which add in another order, so its numbers would differ from a run without the break: pass --allow-backend-change to allow it, or resume on a CPU at {was}",

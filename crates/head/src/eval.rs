@@ -72,7 +72,7 @@ fn to_rows(t: Tensor<2>) -> Vec<Vec<f64>> {
 }
 
 /// Check `case` and evaluate head `H` on it in float64 on `device` (which must support
-/// f64: flex and ndarray do).
+/// f64: flex does).
 pub fn evaluate<H: LossHead>(
     params: &ResolvedParams,
     case: &Case,

@@ -1,4 +1,4 @@
-//! Choosing where tensors live: `auto`, `cuda`, `wgpu`, `flex` or `ndarray`, which device of
+//! Choosing where tensors live: `auto`, `cuda`, `wgpu` or `flex`, which device of
 //! it, in which float precision; and listing what this machine has (`lossbench devices`).
 
 use std::fmt;
@@ -20,12 +20,10 @@ pub enum BackendChoice {
     Wgpu,
     /// burn's pure-Rust CPU backend.
     Flex,
-    /// burn's deprecated ndarray CPU backend (about 30× slower than flex without BLAS).
-    Ndarray,
 }
 
 /// Every name `--backend` accepts, for clap and for error messages.
-pub const BACKEND_NAMES: [&str; 5] = ["auto", "cuda", "wgpu", "flex", "ndarray"];
+pub const BACKEND_NAMES: [&str; 4] = ["auto", "cuda", "wgpu", "flex"];
 
 impl FromStr for BackendChoice {
     type Err = anyhow::Error;
@@ -35,7 +33,12 @@ impl FromStr for BackendChoice {
             "cuda" => Self::Cuda,
             "wgpu" => Self::Wgpu,
             "flex" => Self::Flex,
-            "ndarray" => Self::Ndarray,
+            // Built no more: burn deprecated it, flex is ~30× faster, and it was a fifth of the
+            // build (702 of 6,557 crate-seconds).
+            "ndarray" => bail!(
+                "the ndarray backend is no longer built (burn deprecated it; flex is the CPU backend, about 30× faster): choose {}",
+                BACKEND_NAMES.join(", ")
+            ),
             other => bail!(
                 "unknown backend `{other}` (choose {})",
                 BACKEND_NAMES.join(", ")
@@ -51,7 +54,6 @@ impl fmt::Display for BackendChoice {
             Self::Cuda => "cuda",
             Self::Wgpu => "wgpu",
             Self::Flex => "flex",
-            Self::Ndarray => "ndarray",
         })
     }
 }
@@ -119,7 +121,7 @@ pub struct Backend {
 /// [`Backend`], so a reader sees which one a decision rests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
-    /// flex or ndarray: the host's CPU, synchronous (and bit-exact from run to run).
+    /// flex: the host's CPU, synchronous (and bit-exact from run to run).
     Cpu,
     /// cuda or wgpu: a queue that runs ahead of the host, reductions in a scheduling order.
     Gpu,
@@ -294,20 +296,13 @@ pub fn list_devices() -> Listing {
         }
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    for backend in ["flex", "ndarray"] {
-        listing.found.push(Found {
-            backend,
-            index: 0,
-            name: format!("CPU, {threads} threads"),
-            gpu: false,
-            device: if backend == "flex" {
-                Device::flex()
-            } else {
-                #[allow(deprecated)]
-                Device::ndarray()
-            },
-        });
-    }
+    listing.found.push(Found {
+        backend: "flex",
+        index: 0,
+        name: format!("CPU, {threads} threads"),
+        gpu: false,
+        device: Device::flex(),
+    });
     listing
 }
 
@@ -317,7 +312,7 @@ impl fmt::Display for Listing {
         for d in &self.found {
             let kind = match (d.gpu, d.backend) {
                 (true, _) => "GPU",
-                (false, "flex" | "ndarray") => "CPU",
+                (false, "flex") => "CPU",
                 (false, _) => "software",
             };
             writeln!(f, "{:<8} {:>6}  {:<9} {}", d.backend, d.index, kind, d.name)?;
@@ -383,9 +378,10 @@ impl BackendChoice {
             kind: DeviceKind::Gpu,
         };
         let backend = match self {
-            Self::Flex => cpu("flex", Device::flex())?,
-            #[allow(deprecated)] // ndarray stays selectable for comparison
-            Self::Ndarray => cpu("ndarray", Device::ndarray())?,
+            Self::Flex => {
+                crate::cpu::check_kernels_switch().map_err(anyhow::Error::msg)?;
+                cpu("flex", Device::flex())?
+            }
             Self::Cuda | Self::Wgpu => {
                 let name = if self == Self::Cuda { "cuda" } else { "wgpu" };
                 let found = gpu_devices(name)
@@ -502,7 +498,12 @@ mod tests {
         }
         let err = "tpu".parse::<BackendChoice>().expect_err("invalid");
         assert!(
-            err.to_string().contains("auto, cuda, wgpu, flex, ndarray"),
+            err.to_string().contains("choose auto, cuda, wgpu, flex"),
+            "{err}"
+        );
+        let err = "ndarray".parse::<BackendChoice>().expect_err("not built");
+        assert!(
+            err.to_string().contains("no longer built") && err.to_string().contains("flex"),
             "{err}"
         );
         for p in ["f32", "bf16", "f16"] {
