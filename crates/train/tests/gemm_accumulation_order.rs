@@ -107,13 +107,14 @@ fn product(
     }
     // gemm's column-major gemv: `y = A·x` with A's columns contiguous (or its transpose).
     let column_gemv = (n <= 1 && la.rs == 1 && ld.rs == 1) || (m <= 1 && lb.cs == 1 && ld.cs == 1);
+    let blocks = blocks(m, n, k, column_gemv);
     let mut want = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
             let mut sum = 0.0f32;
-            for (nth, block) in blocks(m, n, k, column_gemv).into_iter().enumerate() {
+            for (nth, block) in blocks.iter().enumerate() {
                 let mut acc = 0.0f32;
-                for p in block {
+                for p in block.clone() {
                     acc = a[la.at(i, p)].mul_add(b[lb.at(p, j)], acc);
                 }
                 sum = if nth == 0 { acc } else { sum + acc };
