@@ -74,6 +74,52 @@ pub enum ModelError {
     Width(f64),
 }
 
+/// One convolution of the backbone: `c_in → c_out`, a square `kernel` with padding
+/// `kernel / 2`, on `input_side × input_side` planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub input_side: usize,
+}
+
+impl ConvShape {
+    #[must_use]
+    pub fn padding(&self) -> usize {
+        self.kernel / 2
+    }
+
+    #[must_use]
+    pub fn output_side(&self) -> usize {
+        (self.input_side + 2 * self.padding() - self.kernel) / self.stride + 1
+    }
+
+    /// Multiply-adds of the forward convolution of one image.
+    #[must_use]
+    pub fn macs(&self) -> u64 {
+        (self.c_in * self.c_out * self.kernel * self.kernel * self.output_side().pow(2)) as u64
+    }
+}
+
+/// One residual block: `in_channels → out` through `inner` channels, `stride` on the
+/// convolution that carries it (the first 3×3).
+struct BlockPlan {
+    in_channels: usize,
+    inner: usize,
+    out: usize,
+    stride: usize,
+    bottleneck: bool,
+}
+
+impl BlockPlan {
+    /// A 1×1 projection where the identity cannot be added (other side or channels).
+    fn has_shortcut(&self) -> bool {
+        self.stride != 1 || self.in_channels != self.out
+    }
+}
+
 /// Backbone configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,37 +172,67 @@ impl ResNetConfig {
     /// (forward, input gradient, weight gradient).
     #[must_use]
     pub fn forward_macs(&self, side: usize) -> u64 {
-        let conv = |cin: usize, cout: usize, kernel: usize, out_side: usize| {
-            (cin * cout * kernel * kernel * out_side * out_side) as u64
+        self.conv_shapes(side).iter().map(ConvShape::macs).sum()
+    }
+
+    /// Every convolution of the backbone on a `side × side` image, in the order of the
+    /// forward pass (a block's shortcut after its main path): what the benchmarks and the
+    /// kernel tests run.
+    #[must_use]
+    pub fn conv_shapes(&self, side: usize) -> Vec<ConvShape> {
+        let conv = |c_in, c_out, kernel, stride, input_side| ConvShape {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            input_side,
         };
+        let mut shapes = vec![conv(3, self.channels(64), 3, 1, side)];
+        let mut side = side;
+        for b in self.block_plans() {
+            let out_side = side.div_ceil(b.stride);
+            if b.bottleneck {
+                shapes.push(conv(b.in_channels, b.inner, 1, 1, side));
+                shapes.push(conv(b.inner, b.inner, 3, b.stride, side));
+                shapes.push(conv(b.inner, b.out, 1, 1, out_side));
+            } else {
+                shapes.push(conv(b.in_channels, b.inner, 3, b.stride, side));
+                shapes.push(conv(b.inner, b.inner, 3, 1, out_side));
+            }
+            if b.has_shortcut() {
+                shapes.push(conv(b.in_channels, b.out, 1, b.stride, side));
+            }
+            side = out_side;
+        }
+        shapes
+    }
+
+    /// The blocks, stage by stage: the first block of every stage but the first halves the
+    /// side.
+    fn block_plans(&self) -> Vec<BlockPlan> {
         let (counts, bottleneck) = self.arch.blocks();
-        let stem_channels = self.channels(64);
-        let mut macs = conv(3, stem_channels, 3, side);
-        let (mut in_channels, mut side) = (stem_channels, side);
+        let mut plans = Vec::new();
+        let mut in_channels = self.channels(64);
         for (stage, (&count, &base)) in counts.iter().zip(&STAGE_CHANNELS).enumerate() {
             let inner = self.channels(base);
+            let out = if bottleneck {
+                inner * BOTTLENECK_EXPANSION
+            } else {
+                inner
+            };
             for i in 0..count {
                 let stride = if i == 0 && stage > 0 { 2 } else { 1 };
-                let out_side = side.div_ceil(stride);
-                let out = if bottleneck {
-                    inner * BOTTLENECK_EXPANSION
-                } else {
-                    inner
-                };
-                macs += if bottleneck {
-                    conv(in_channels, inner, 1, side)
-                        + conv(inner, inner, 3, out_side)
-                        + conv(inner, out, 1, out_side)
-                } else {
-                    conv(in_channels, inner, 3, out_side) + conv(inner, inner, 3, out_side)
-                };
-                if stride != 1 || in_channels != out {
-                    macs += conv(in_channels, out, 1, out_side);
-                }
-                (in_channels, side) = (out, out_side);
+                plans.push(BlockPlan {
+                    in_channels,
+                    inner,
+                    out,
+                    stride,
+                    bottleneck,
+                });
+                in_channels = out;
             }
         }
-        macs
+        plans
     }
 
     /// Build the backbone with weights drawn from `seed`.
@@ -167,41 +243,31 @@ impl ResNetConfig {
             next_layer: 0,
             device: device.clone(),
         };
-        let (counts, bottleneck) = self.arch.blocks();
-        let stem_channels = self.channels(64);
-        let stem = init.conv_bn(3, stem_channels, 3, 1);
-        let mut blocks = Vec::new();
-        let mut in_channels = stem_channels;
-        for (stage, (&count, &base)) in counts.iter().zip(&STAGE_CHANNELS).enumerate() {
-            let inner = self.channels(base);
-            for i in 0..count {
-                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
-                let block = if bottleneck {
-                    let out = inner * BOTTLENECK_EXPANSION;
-                    let b = Block::Bottleneck(Bottleneck {
-                        reduce: init.conv_bn(in_channels, inner, 1, 1),
-                        conv: init.conv_bn(inner, inner, 3, stride),
-                        expand: init.conv_bn(inner, out, 1, 1),
-                        shortcut: (stride != 1 || in_channels != out)
-                            .then(|| init.conv_bn(in_channels, out, 1, stride)),
+        let stem = init.conv_bn(3, self.channels(64), 3, 1);
+        let blocks = self
+            .block_plans()
+            .into_iter()
+            .map(|b| {
+                let shortcut = b.has_shortcut();
+                if b.bottleneck {
+                    Block::Bottleneck(Bottleneck {
+                        reduce: init.conv_bn(b.in_channels, b.inner, 1, 1),
+                        conv: init.conv_bn(b.inner, b.inner, 3, b.stride),
+                        expand: init.conv_bn(b.inner, b.out, 1, 1),
+                        shortcut: shortcut.then(|| init.conv_bn(b.in_channels, b.out, 1, b.stride)),
                         relu: Relu::new(),
-                    });
-                    in_channels = out;
-                    b
+                    })
                 } else {
-                    let b = Block::Basic(BasicBlock {
-                        conv1: init.conv_bn(in_channels, inner, 3, stride),
-                        conv2: init.conv_bn(inner, inner, 3, 1),
-                        shortcut: (stride != 1 || in_channels != inner)
-                            .then(|| init.conv_bn(in_channels, inner, 1, stride)),
+                    Block::Basic(BasicBlock {
+                        conv1: init.conv_bn(b.in_channels, b.inner, 3, b.stride),
+                        conv2: init.conv_bn(b.inner, b.inner, 3, 1),
+                        shortcut: shortcut
+                            .then(|| init.conv_bn(b.in_channels, b.inner, 1, b.stride)),
                         relu: Relu::new(),
-                    });
-                    in_channels = inner;
-                    b
-                };
-                blocks.push(block);
-            }
-        }
+                    })
+                }
+            })
+            .collect();
         Ok(ResNet {
             stem,
             blocks,
@@ -414,6 +480,38 @@ pub fn trainable_params(model: &ResNet) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conv_shapes_are_the_model_s_convolutions() {
+        /// The shapes of the 4-D parameters (convolution weights), in visiting order.
+        struct Kernels(Vec<[usize; 4]>);
+        impl burn::module::ModuleVisitor for Kernels {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if D == 4 {
+                    self.0.push(param.shape().dims());
+                }
+            }
+        }
+        let device = Device::flex();
+        for (arch, count) in [
+            (Arch::ResNet18, 1 + 8 * 2 + 3),
+            (Arch::ResNet50, 1 + 16 * 3 + 4),
+        ] {
+            let config = ResNetConfig::new(arch).with_width(0.25);
+            let mut kernels = Kernels(Vec::new());
+            config.init(0, &device).expect("valid").visit(&mut kernels);
+            let shapes = config.conv_shapes(32);
+            assert_eq!(shapes.len(), count, "{arch:?}");
+            let want: Vec<[usize; 4]> = shapes
+                .iter()
+                .map(|s| [s.c_out, s.c_in, s.kernel, s.kernel])
+                .collect();
+            assert_eq!(kernels.0, want, "{arch:?}");
+            // The last stage runs on 4×4 planes, the stem on 32×32.
+            assert_eq!((shapes[0].input_side, shapes[0].output_side()), (32, 32));
+            assert_eq!(shapes.last().map(ConvShape::output_side), Some(4));
+        }
+    }
 
     #[test]
     fn forward_cost_matches_the_published_counts() {
