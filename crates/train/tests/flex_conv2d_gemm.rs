@@ -1,6 +1,8 @@
 //! The forward convolution and its weight gradient in the vendored burn-flex
-//! (vendor/burn-flex/LOSSBENCH.md), and the input gradient (upstream's transposed
-//! convolution), against their definitions summed in f64, directly and through autodiff.
+//! (vendor/burn-flex/LOSSBENCH.md) — in f32 the direct kernels (their own tests:
+//! flex_conv2d_direct.rs), in f64 and half precision im2col + gemm — and upstream's transposed
+//! convolution, against their definitions summed in f64, directly and through autodiff
+//! (whose f32 input gradient is the direct kernels' too).
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -401,6 +403,61 @@ fn input_gradient_accumulates_over_sample_chunks() {
         1e-6,
         true,
     );
+}
+
+/// ∂/∂x of Σ conv2d(x, w) ⊙ g through autodiff, in `dtype`.
+fn autodiff_input_gradient(c: &Case, options: ConvOptions<2>, dtype: DType) -> Vec<f64> {
+    let device = Device::flex().autodiff();
+    let on = (&device, dtype);
+    let tensor = |data: Vec<f64>, shape: [usize; 4]| {
+        Tensor::<4>::from_data(TensorData::new(data, shape), on)
+    };
+    let x = tensor(values(c.x_shape().iter().product(), 1), c.x_shape()).require_grad();
+    let w = tensor(values(c.w_shape().iter().product(), 3), c.w_shape());
+    let y = conv2d(x.clone(), w, None, options);
+    let g = tensor(values(y.shape().num_elements(), 2), y.dims());
+    let grads = (y * g).sum().backward();
+    x.grad(&grads)
+        .expect("input gradient")
+        .into_data()
+        .try_into_vec_as::<f64>()
+        .expect("f64 data")
+}
+
+#[test]
+fn input_gradient_outside_the_direct_kernels() {
+    // f64 and grouped convolutions take burn's default input gradient (a transposed
+    // convolution); asymmetric padding pads the input and crops the gradient back.
+    for c in [
+        case(2, 3, 16, [6, 6], [3, 3], [2, 2], [1, 1], [1, 1], 1),
+        case(2, 6, 4, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1], 2),
+    ] {
+        for dtype in [DType::F64, DType::F32] {
+            let w = values(c.w_shape().iter().product(), 3);
+            let g = values(c.g_shape().iter().product(), 2);
+            let want = c.input_reference(&w, &g, &vec![0.0; c.c_in]);
+            let tolerance = if dtype == DType::F64 { 1e-14 } else { 1e-6 };
+            assert_close(
+                &autodiff_input_gradient(&c, c.options(), dtype),
+                &want,
+                tolerance,
+                &c,
+            );
+        }
+    }
+    // Asymmetric padding: the f64 default path against the f32 direct one (which has its own
+    // f64 reference test), within f32 rounding.
+    let c = case(2, 5, 7, [7, 8], [3, 3], [2, 1], [1, 1], [0, 0], 1);
+    let options = ConvOptions::new_with_padding([2, 1], [(1, 0), (2, 1)], [1, 1], 1);
+    let f64_default = autodiff_input_gradient(&c, options.clone(), DType::F64);
+    let f32_direct = autodiff_input_gradient(&c, options, DType::F32);
+    assert_eq!(f64_default.len(), c.x_shape().iter().product::<usize>());
+    for (i, (a, b)) in f64_default.iter().zip(&f32_direct).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+            "element {i}: {a} vs {b}"
+        );
+    }
 }
 
 #[test]

@@ -99,6 +99,9 @@ mod conv_common;
 pub mod conv;
 pub mod conv_transpose;
 pub mod conv2d_gemm;
+// lossbench patch (LOSSBENCH.md): the f32 convolutions without a column matrix.
+#[cfg(feature = "std")]
+pub(crate) mod conv_direct;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;

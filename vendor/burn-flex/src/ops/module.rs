@@ -2,6 +2,8 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
+#[cfg(feature = "std")]
+use crate::ops::conv_direct;
 use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
@@ -42,6 +44,63 @@ pub(crate) fn cast_from_f32<E: Element + Pod + Copy>(
     FlexTensor::new(bytes, Layout::contiguous(shape), E::dtype())
 }
 
+/// burn's default input gradient (`burn_backend::ops::conv::conv2d_x_backward`, private
+/// there): a transposed convolution of the output gradient, after padding an asymmetric input
+/// and before cropping its gradient.
+fn conv2d_x_backward_default(
+    x: FloatTensor<Flex>,
+    weight: FloatTensor<Flex>,
+    output_grad: FloatTensor<Flex>,
+    options: ConvOptions<2>,
+) -> FloatTensor<Flex> {
+    use burn_backend::ops::conv::calculate_padding_out;
+    let input_shape = x.layout().shape().clone();
+    let asymmetric = options.is_asymmetric();
+    let (x, padded) = pad_asymmetric_conv_input::<Flex, 2>(x, options.clone());
+    let [_, _, in_h, in_w]: [usize; 4] = x.layout().shape().dims();
+    let [_, _, out_h, out_w]: [usize; 4] = output_grad.layout().shape().dims();
+    let [_, _, kernel_h, kernel_w]: [usize; 4] = weight.layout().shape().dims();
+    let padding = padded.padding_begin();
+    let padding_out = [
+        calculate_padding_out(
+            kernel_h,
+            padded.stride[0],
+            padding[0],
+            padded.dilation[0],
+            in_h,
+            out_h,
+        ),
+        calculate_padding_out(
+            kernel_w,
+            padded.stride[1],
+            padding[1],
+            padded.dilation[1],
+            in_w,
+            out_w,
+        ),
+    ];
+    let grad = <Flex as ModuleOps<Flex>>::conv_transpose2d(
+        output_grad,
+        weight,
+        None,
+        ConvTransposeOptions::new(
+            padded.stride,
+            padding,
+            padding_out,
+            padded.dilation,
+            padded.groups,
+        ),
+    );
+    if !asymmetric {
+        return grad;
+    }
+    // The gradient of the padded input, cropped to the input's own pixels.
+    let [batch, channels, h, w]: [usize; 4] = input_shape.dims();
+    let [(top, _), (left, _)] = options.padding;
+    let ranges = [0..batch, 0..channels, top..top + h, left..left + w].map(burn_std::Slice::from);
+    <Flex as FloatTensorOps<Flex>>::float_slice(grad, &ranges)
+}
+
 impl ModuleOps<Flex> for Flex {
     fn conv1d(
         x: FloatTensor<Flex>,
@@ -66,7 +125,12 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
-        // lossbench patch (LOSSBENCH.md): im2col over chunks of samples + one gemm.
+        // lossbench patch (LOSSBENCH.md): the direct convolution for f32 (where im2col + gemm
+        // took it, the same sums), then im2col over chunks of samples + one gemm (f64).
+        #[cfg(feature = "std")]
+        if let Some(isa) = conv_direct::usable(&x, &options) {
+            return conv_direct::conv2d(isa, x, weight, bias, &options);
+        }
         if matches!(x.dtype(), DType::F32 | DType::F64)
             && conv2d_gemm::handles_forward(x.layout().shape(), weight.layout().shape(), &options)
         {
@@ -81,8 +145,24 @@ impl ModuleOps<Flex> for Flex {
         }
     }
 
-    // lossbench patch (LOSSBENCH.md): one im2col + gemm instead of burn's generic
-    // batch-swapped convolution, whose matrix product is only kernel_h·kernel_w wide.
+    // lossbench patch (LOSSBENCH.md): the direct convolution's input gradient, by phase of
+    // the stride; elsewhere burn's default, a transposed convolution.
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        #[cfg(feature = "std")]
+        if let Some(isa) = conv_direct::usable(&x, &options) {
+            return conv_direct::conv2d_x_backward(isa, &x, weight, output_grad, &options);
+        }
+        conv2d_x_backward_default(x, weight, output_grad, options)
+    }
+
+    // lossbench patch (LOSSBENCH.md): the direct convolution's weight gradient, else one
+    // im2col + gemm instead of burn's generic batch-swapped convolution, whose matrix product
+    // is only kernel_h·kernel_w wide.
     fn conv2d_weight_backward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
@@ -90,6 +170,16 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let weight_shape = weight.layout().shape().clone();
+        #[cfg(feature = "std")]
+        if let Some(isa) = conv_direct::usable(&x, &options) {
+            return conv_direct::conv2d_weight_backward(
+                isa,
+                x,
+                &weight_shape,
+                output_grad,
+                &options,
+            );
+        }
         conv2d_gemm::conv2d_weight_backward(x, output_grad, &weight_shape, &options)
     }
 

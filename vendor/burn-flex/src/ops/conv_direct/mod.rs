@@ -1,0 +1,477 @@
+//! Direct 2-D convolution in f32 (lossbench patch, see LOSSBENCH.md): forward, input
+//! gradient and weight gradient as one product each, with no column matrix.
+//!
+//! Each pass is `C[j][m] = Σ_k A[k][m] · src[cols[j] + offsets[k]]` (`product.rs`) with a
+//! zero-padded copy of the input (or output gradient) as `src`:
+//!
+//! | pass | `m` (vector lanes) | `j` (broadcasts) | `k` (reduction, in order) | `A` |
+//! |---|---|---|---|---|
+//! | forward | output channel | output pixel `(b, oh, ow)` | `(c, ky, kx)` | weights, transposed |
+//! | input gradient, per phase | input channel | input pixel `(b, r, q)` of the phase | `(o, ky, kx)`, the taps that reach the phase | weights of those taps |
+//! | weight gradient | output channel | `(c, ky, kx)` | output pixel `(b, oh, ow)` | output gradient, channels last |
+//!
+//! A strided convolution's input gradient is split by phase (`ih mod s`, `iw mod s`): the
+//! pixels of one phase are reached by a fixed subset of the kernel taps, each from the
+//! output gradient pixel `(r + e_ky, q + e_kx)`, so each phase is a stride-1 product over
+//! only the taps that contribute (no multiplications by inserted zeros).
+//!
+//! The forward pass reduces over `(c, ky, kx)` in the order and blocks of the im2col + gemm
+//! path it replaces, so its results are those bits; the gradients' orders are new, and fixed
+//! (not chosen per CPU or thread count).
+
+mod kernel;
+mod product;
+mod tensor;
+
+use alloc::vec::Vec;
+
+pub(crate) use kernel::Isa;
+use product::{Output, PackedA, Product, Scatter};
+pub(crate) use tensor::{conv2d, conv2d_weight_backward, conv2d_x_backward, usable};
+
+/// The shape of one convolution (one group), padding given at the start of each axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Input `[h, w]`.
+    pub input: [usize; 2],
+    /// Output `[h, w]`.
+    pub output: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl Geometry {
+    fn input_len(&self) -> usize {
+        self.batch * self.c_in * self.input[0] * self.input[1]
+    }
+
+    fn output_len(&self) -> usize {
+        self.batch * self.c_out * self.output[0] * self.output[1]
+    }
+
+    fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The zero padding that makes every forward read land inside the padded input:
+    /// `[before, after]` per axis.
+    fn forward_padding(&self, axis: usize) -> [usize; 2] {
+        let before = self.padding[axis];
+        let last_read = (self.output[axis].max(1) - 1) * self.stride[axis]
+            + (self.kernel[axis] - 1) * self.dilation[axis];
+        let after = (last_read + 1).saturating_sub(self.input[axis] + before);
+        [before, after]
+    }
+}
+
+/// A zero-padded copy of `[batch, channels, h, w]` data (or the data itself where no
+/// padding is needed).
+struct Padded<'a> {
+    data: alloc::borrow::Cow<'a, [f32]>,
+    /// Floats from one row, channel, sample to the next.
+    row: usize,
+    plane: usize,
+    sample: usize,
+}
+
+/// A stride of at least `floats` that is an odd number of 64-byte lines, so that the same
+/// pixel of consecutive samples (or channels) falls in different sets of the L1 cache: with
+/// a multiple of 4 KiB (a 512-channel 4×4 sample padded to 6×6 is 18 × 4 KiB) they all
+/// compete for the same 12 ways.
+fn skewed(floats: usize) -> usize {
+    let lines = floats.div_ceil(16);
+    (lines | 1) * 16
+}
+
+/// `[batch, channels, h, w]` with `[before, after]` zeros around each axis.
+fn pad<'a>(
+    src: &'a [f32],
+    batch: usize,
+    channels: usize,
+    [h, w]: [usize; 2],
+    pad_h: [usize; 2],
+    pad_w: [usize; 2],
+) -> Padded<'a> {
+    let (hp, wp) = (h + pad_h[0] + pad_h[1], w + pad_w[0] + pad_w[1]);
+    if pad_h == [0, 0] && pad_w == [0, 0] {
+        // Nothing to pad (1×1 convolutions): read the input where it is. Copying it to skew
+        // its planes cost more than the cache conflicts it avoids (measured on the ResNet-50
+        // 1×1 layers: 64 → 256 on 32×32, forward 17 → 15 ms).
+        return Padded {
+            data: alloc::borrow::Cow::Borrowed(src),
+            row: w,
+            plane: h * w,
+            sample: channels * h * w,
+        };
+    }
+    // Planes of several lines are skewed too: a 1×1 convolution steps from one channel's
+    // plane to the next, and 16×16 planes (16 lines) put 64 channels in 4 of the 64 sets.
+    let plane = if hp * wp > 16 {
+        skewed(hp * wp)
+    } else {
+        hp * wp
+    };
+    let sample = skewed(channels * plane);
+    let mut data = zeros(batch * sample, sample);
+    if h * w > 0 && channels > 0 {
+        let fill = |(dst, src): (&mut [f32], &[f32])| {
+            for (c, plane_src) in src.chunks_exact(h * w).enumerate() {
+                for (y, row) in plane_src.chunks_exact(w).enumerate() {
+                    let start = c * plane + (y + pad_h[0]) * wp + pad_w[0];
+                    dst[start..start + w].copy_from_slice(row);
+                }
+            }
+        };
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            data.par_chunks_exact_mut(sample)
+                .zip(src.par_chunks_exact(channels * h * w))
+                .for_each(fill);
+        }
+        #[cfg(not(feature = "rayon"))]
+        data.chunks_exact_mut(sample)
+            .zip(src.chunks_exact(channels * h * w))
+            .for_each(fill);
+    }
+    Padded {
+        data: alloc::borrow::Cow::Owned(data),
+        row: wp,
+        plane,
+        sample,
+    }
+}
+
+/// `dst[kk · ldd + i] = src[i · lds + kk]` for `i < rows`, `kk < cols`: vector blocks where
+/// the ISA has them, element by element at the edges.
+fn transpose_strided(
+    isa: Isa,
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        (rows - 1) * lds + cols <= src.len() && (cols - 1) * ldd + rows <= dst.len(),
+        "conv_direct: transpose of {rows} × {cols} out of bounds"
+    );
+    // Whole vector blocks (none on the scalar path), then the edges element by element.
+    let lanes = isa.lanes();
+    let (whole_rows, whole_cols) = if lanes > 1 {
+        (rows / lanes * lanes, cols / lanes * lanes)
+    } else {
+        (0, 0)
+    };
+    {
+        for i0 in (0..whole_rows).step_by(lanes) {
+            for k0 in (0..whole_cols).step_by(lanes) {
+                // SAFETY: a lanes × lanes block inside both (asserted above); `isa` is a
+                // vector ISA of this CPU.
+                unsafe {
+                    kernel::transpose_block(
+                        isa,
+                        src.as_ptr().add(i0 * lds + k0),
+                        lds,
+                        dst.as_mut_ptr().add(k0 * ldd + i0),
+                        ldd,
+                    )
+                };
+            }
+        }
+    }
+    for i in 0..rows {
+        let first = if i < whole_rows { whole_cols } else { 0 };
+        for kk in first..cols {
+            dst[kk * ldd + i] = src[i * lds + kk];
+        }
+    }
+}
+
+/// `len` zeros, written by the threads in chunks of `chunk` floats: a single-threaded
+/// `vec![0.0; len]` of a convolution's buffers (tens of MB) took longer than the padding and
+/// transposing that fill them.
+fn zeros(len: usize, chunk: usize) -> Vec<f32> {
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    let zero =
+        |part: &mut [core::mem::MaybeUninit<f32>]| part.fill(core::mem::MaybeUninit::new(0.0));
+    let spare = &mut data.spare_capacity_mut()[..len];
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        spare.par_chunks_mut(chunk.max(1)).for_each(zero);
+    }
+    #[cfg(not(feature = "rayon"))]
+    zero(spare);
+    // SAFETY: every one of the `len` elements was written above.
+    unsafe { data.set_len(len) };
+    data
+}
+
+/// Runs `f` on every item, in parallel where rayon is on.
+fn for_each_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        items.into_par_iter().for_each(f);
+    }
+    #[cfg(not(feature = "rayon"))]
+    items.into_iter().for_each(f);
+}
+
+/// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`;
+/// returns `[batch, c_out, oh, ow]` (no bias).
+pub(crate) fn forward(isa: Isa, x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+    assert!(
+        x.len() == g.input_len() && weight.len() == g.weight_len(),
+        "conv_direct::forward: {g:?}"
+    );
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.output;
+    let mut out = Output::new(g.output_len());
+    let xp = pad(
+        x,
+        g.batch,
+        g.c_in,
+        g.input,
+        g.forward_padding(0),
+        g.forward_padding(1),
+    );
+    let (plane, wp) = (xp.plane, xp.row);
+    let k = g.c_in * kh * kw;
+    // A[(c, ky, kx)][o] = weight[o, c, ky, kx], a panel at a time.
+    let a = PackedA::build(isa, g.c_out, k, k, |m0, width, _, rows| {
+        let real = width.min(g.c_out - m0);
+        transpose_strided(isa, &weight[m0 * k..], real, k, k, rows, width);
+    });
+    let [dh, dw] = g.dilation;
+    let offsets: Vec<usize> = (0..g.c_in)
+        .flat_map(|c| {
+            (0..kh).flat_map(move |ky| (0..kw).map(move |kx| c * plane + ky * dh * wp + kx * dw))
+        })
+        .collect();
+    let [sh, sw] = g.stride;
+    let pixels = |b: usize| (0..oh).flat_map(move |y| (0..ow).map(move |x| (b, y, x)));
+    let cols: Vec<usize> = (0..g.batch)
+        .flat_map(pixels)
+        .map(|(b, y, x)| b * xp.sample + y * sh * wp + x * sw)
+        .collect();
+    let dst_cols: Vec<usize> = (0..g.batch)
+        .flat_map(pixels)
+        .map(|(b, y, x)| b * g.c_out * oh * ow + y * ow + x)
+        .collect();
+    let product = Product {
+        a: &a,
+        src: &xp.data,
+        cols: &cols,
+        offsets: &offsets,
+    };
+    product::compute(
+        isa,
+        &product,
+        &Scatter {
+            cols: &dst_cols,
+            m_stride: oh * ow,
+        },
+        &mut out,
+    );
+    // SAFETY: the scatter reached (b, o, oy, ox) for every output pixel and channel.
+    unsafe { out.assume_written() }
+}
+
+/// The taps of one kernel axis that reach input phase `phase` (`i ≡ phase mod stride`), each
+/// as `(tap, e)`: input `phase + stride·r` takes output gradient `r + e`.
+fn phase_taps(
+    phase: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    kernel: usize,
+) -> Vec<(usize, isize)> {
+    (0..kernel)
+        .filter_map(|t| {
+            let shift = (phase + padding) as isize - (t * dilation) as isize;
+            (shift.rem_euclid(stride as isize) == 0).then(|| (t, shift.div_euclid(stride as isize)))
+        })
+        .collect()
+}
+
+/// Input gradient: `output_grad` `[batch, c_out, oh, ow]`, `weight` `[c_out, c_in, kh, kw]`;
+/// returns `[batch, c_in, h, w]`.
+pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+    assert!(
+        output_grad.len() == g.output_len() && weight.len() == g.weight_len(),
+        "conv_direct::input_grad: {g:?}"
+    );
+    let mut dx = Output::new(g.input_len());
+    let [h, w] = g.input;
+    let [oh, ow] = g.output;
+    let [kh, kw] = g.kernel;
+    // Per axis and phase: the reaching taps and the phase's pixel count.
+    let phases = |axis: usize| -> Vec<(Vec<(usize, isize)>, usize)> {
+        let (s, size) = (g.stride[axis], g.input[axis]);
+        (0..s.min(size))
+            .map(|ph| {
+                let taps = phase_taps(ph, s, g.padding[axis], g.dilation[axis], g.kernel[axis]);
+                (taps, (size - ph).div_ceil(s))
+            })
+            .collect()
+    };
+    let (rows, columns) = (phases(0), phases(1));
+    // One padding of the output gradient that covers every phase's reads.
+    let reach = |axis_phases: &[(Vec<(usize, isize)>, usize)], out: usize| -> [usize; 2] {
+        let mut pad = [0usize; 2];
+        for (taps, n) in axis_phases {
+            for &(_, e) in taps {
+                pad[0] = pad[0].max((-e).max(0) as usize);
+                let last = *n as isize - 1 + e;
+                pad[1] = pad[1].max((last - (out as isize - 1)).max(0) as usize);
+            }
+        }
+        pad
+    };
+    let (pad_h, pad_w) = (reach(&rows, oh), reach(&columns, ow));
+    let gp = pad(output_grad, g.batch, g.c_out, g.output, pad_h, pad_w);
+    let (plane, wp) = (gp.plane, gp.row);
+    for (ph, (taps_y, n_r)) in rows.iter().enumerate() {
+        for (pw, (taps_x, n_q)) in columns.iter().enumerate() {
+            let taps = taps_y.len() * taps_x.len();
+            let k = g.c_out * taps;
+            let pixels = |b: usize| (0..*n_r).flat_map(move |r| (0..*n_q).map(move |q| (b, r, q)));
+            let [sh, sw] = g.stride;
+            let dst_cols: Vec<usize> = (0..g.batch)
+                .flat_map(pixels)
+                .map(|(b, r, q)| b * g.c_in * h * w + (ph + sh * r) * w + pw + sw * q)
+                .collect();
+            if k == 0 {
+                // No tap reaches these pixels: their gradient is zero.
+                let plane = h * w;
+                dx.zero((0..g.c_in).flat_map(|c| dst_cols.iter().map(move |&p| p + c * plane)));
+                continue;
+            }
+            // A[(o, ty, tx)][c] = weight[o, c, ky, kx]: `taps` rows per o, chunks of whole o's
+            // (a few thousand floats, so that there are not thousands of tiny tasks).
+            let per_chunk = 4096usize.div_ceil(taps * isa.panel()).max(1);
+            let a = PackedA::build(isa, g.c_in, k, taps * per_chunk, |m0, width, k0, chunk| {
+                for (i, block) in chunk.chunks_mut(taps * width).enumerate() {
+                    let o = k0 / taps + i;
+                    for c in m0..g.c_in.min(m0 + width) {
+                        let kernel = &weight[(o * g.c_in + c) * kh * kw..][..kh * kw];
+                        for (iy, &(ky, _)) in taps_y.iter().enumerate() {
+                            for (ix, &(kx, _)) in taps_x.iter().enumerate() {
+                                block[(iy * taps_x.len() + ix) * width + c - m0] =
+                                    kernel[ky * kw + kx];
+                            }
+                        }
+                    }
+                }
+            });
+            // Step (o, ty, tx) moves to gradient pixel (r + e_y, q + e_x) of channel o.
+            let offsets: Vec<usize> = (0..g.c_out)
+                .flat_map(|o| {
+                    taps_y.iter().flat_map(move |&(_, ey)| {
+                        taps_x.iter().map(move |&(_, ex)| {
+                            let y = (ey + pad_h[0] as isize) as usize;
+                            let x = (ex + pad_w[0] as isize) as usize;
+                            o * plane + y * wp + x
+                        })
+                    })
+                })
+                .collect();
+            let cols: Vec<usize> = (0..g.batch)
+                .flat_map(pixels)
+                .map(|(b, r, q)| b * gp.sample + r * wp + q)
+                .collect();
+            let product = Product {
+                a: &a,
+                src: &gp.data,
+                cols: &cols,
+                offsets: &offsets,
+            };
+            product::compute(
+                isa,
+                &product,
+                &Scatter {
+                    cols: &dst_cols,
+                    m_stride: h * w,
+                },
+                &mut dx,
+            );
+        }
+    }
+    // SAFETY: the phases partition the input pixels; each phase's pixels were written for
+    // every channel, by its product or as zeros.
+    unsafe { dx.assume_written() }
+}
+
+/// Weight gradient: `x` `[batch, c_in, h, w]`, `output_grad` `[batch, c_out, oh, ow]`;
+/// returns `[c_out, c_in, kh, kw]`.
+pub(crate) fn weight_grad(isa: Isa, x: &[f32], output_grad: &[f32], g: &Geometry) -> Vec<f32> {
+    assert!(
+        x.len() == g.input_len() && output_grad.len() == g.output_len(),
+        "conv_direct::weight_grad: {g:?}"
+    );
+    let mut dw = Output::new(g.weight_len());
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.output;
+    let spatial = oh * ow;
+    let xp = pad(
+        x,
+        g.batch,
+        g.c_in,
+        g.input,
+        g.forward_padding(0),
+        g.forward_padding(1),
+    );
+    let (plane, wp) = (xp.plane, xp.row);
+    // A[(b, oh, ow)][o] = output_grad[b, o, oh, ow]: each sample's [c_out, spatial] transposed.
+    let a = PackedA::build(
+        isa,
+        g.c_out,
+        g.batch * spatial,
+        spatial,
+        |m0, width, k0, block| {
+            let (b, real) = (k0 / spatial.max(1), width.min(g.c_out - m0));
+            let src = &output_grad[(b * g.c_out + m0) * spatial..];
+            transpose_strided(isa, src, real, spatial, spatial, block, width);
+        },
+    );
+    let [sh, sw] = g.stride;
+    let offsets: Vec<usize> = (0..g.batch)
+        .flat_map(|b| (0..oh).flat_map(move |y| (0..ow).map(move |x| (b, y, x))))
+        .map(|(b, y, x)| b * xp.sample + y * sh * wp + x * sw)
+        .collect();
+    let [dh, dwl] = g.dilation;
+    let cols: Vec<usize> = (0..g.c_in)
+        .flat_map(|c| {
+            (0..kh).flat_map(move |ky| (0..kw).map(move |kx| c * plane + ky * dh * wp + kx * dwl))
+        })
+        .collect();
+    let dst_cols: Vec<usize> = (0..cols.len()).collect();
+    let product = Product {
+        a: &a,
+        src: &xp.data,
+        cols: &cols,
+        offsets: &offsets,
+    };
+    product::compute(
+        isa,
+        &product,
+        &Scatter {
+            cols: &dst_cols,
+            m_stride: g.c_in * kh * kw,
+        },
+        &mut dw,
+    );
+    // SAFETY: the scatter reached (o, c, ky, kx) for every column (c, ky, kx) and o.
+    unsafe { dw.assume_written() }
+}
