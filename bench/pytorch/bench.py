@@ -113,25 +113,29 @@ def train_steps(quick, out, device):
         print(f"pytorch ({device}) train step {arch} batch {batch}: {batch / seconds:.1f} img/s", flush=True)
 
 
-def convolutions(quick, out):
-    """The three convolutions of a training step at the CIFAR ResNet-18's 3x3 shapes (batch 64)."""
+def convolutions(shapes, out):
+    """The three convolutions of a training step (forward, input and weight gradient, as
+    autograd calls them), batch 64, on the shapes lossbench passes: every convolution of the
+    CIFAR ResNet-18 and ResNet-50 (crates/bench/src/conv.rs names them the same way)."""
     batch = 64
-    shapes = [(64, 32), (512, 4)] if quick else [(64, 32), (128, 16), (256, 8), (512, 4)]
-    for c, hw in shapes:
+    for c_in, c_out, k, stride, side in shapes:
+        pad = k // 2
+        out_side = (side + 2 * pad - k) // stride + 1
         g = torch.Generator().manual_seed(1)
-        x = torch.randn(batch, c, hw, hw, generator=g)
-        w = torch.randn(c, c, 3, 3, generator=g)
-        dy = torch.randn(batch, c, hw, hw, generator=g)
+        x = torch.randn(batch, c_in, side, side, generator=g)
+        w = torch.randn(c_out, c_in, k, k, generator=g)
+        dy = torch.randn(batch, c_out, out_side, out_side, generator=g)
         ops = {
-            "forward": lambda: F.conv2d(x, w, padding=1),
-            "input grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, padding=1),
-            "weight grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, padding=1),
+            "forward": lambda: F.conv2d(x, w, stride=stride, padding=pad),
+            "input grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=pad),
+            "weight grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=stride, padding=pad),
         }
+        label = f"{k}x{k}/{stride}, batch {batch}, {c_in}->{c_out} channels, {side}x{side}"
         for name, op in ops.items():
-            seconds, repeats = timed(lambda: op().sum().item(), 1, 2 if quick else 5)
-            out.append(dict(group="conv", name=name, shape=f"3x3, batch {batch}, {c} channels, {hw}x{hw}",
-                            backend="pytorch", median_seconds=seconds, repeats=repeats))
-            print(f"pytorch conv {name} {c} channels {hw}x{hw}: {1e3 * seconds:.2f} ms", flush=True)
+            seconds, repeats = timed(op, 1, 5)
+            out.append(dict(group="conv", name=name, shape=label, backend="pytorch",
+                            median_seconds=seconds, repeats=repeats))
+            print(f"pytorch conv {name} {label}: {1e3 * seconds:.2f} ms", flush=True)
 
 
 class Images(torch.utils.data.Dataset):
@@ -175,6 +179,8 @@ def main():
                    help="where the training steps run: cpu, or cuda (eager fp32 with PyTorch's defaults)")
     p.add_argument("--only", default="data,head,train_step,conv",
                    help="comma-separated groups: data, head, train_step, conv")
+    p.add_argument("--conv-shapes", default="64,64,3,1,32;512,512,3,1,4",
+                   help="convolutions to time: c_in,c_out,kernel,stride,side joined by ';'")
     a = p.parse_args()
     only = set(a.only.split(","))
     torch.set_num_threads(a.threads)
@@ -186,7 +192,8 @@ def main():
     if "train_step" in only:
         train_steps(a.quick, out, a.device)
     if "conv" in only:
-        convolutions(a.quick, out)
+        shapes = [tuple(int(v) for v in s.split(",")) for s in a.conv_shapes.split(";") if s]
+        convolutions(shapes, out)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
 

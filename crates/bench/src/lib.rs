@@ -1,6 +1,8 @@
 //! `lossbench bench`: medians of repeated, warmed-up measurements of
 //! - every loss head, forward + backward, against plain linear + cross-entropy (softmax);
 //! - a full training step (forward, loss, backward, SGD update) of the CIFAR ResNets;
+//! - the three convolutions of a step (forward, input and weight gradient) on every
+//!   convolution shape of the CIFAR ResNet-18 and ResNet-50;
 //! - the data path (augment + batch),
 //!
 //! optionally beside PyTorch measuring the same shapes in the same run
@@ -20,6 +22,7 @@ use lossbench_train::Net;
 use lossbench_train::sgd::{SgdConfig, SgdState};
 use serde::{Deserialize, Serialize};
 
+mod conv;
 mod own_data;
 mod peak;
 pub use peak::{Peak, fma_peak};
@@ -274,73 +277,6 @@ fn train_steps(
     Ok(())
 }
 
-/// The three convolutions of a training step, one by one, at the 3×3 shapes of the CIFAR
-/// ResNet-18 (batch 64): where the training-step gap to PyTorch is. Per shape: the forward
-/// convolution, the input gradient (a transposed convolution) and the weight gradient.
-fn convolutions(quick: bool, out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
-    use burn::tensor::module::{conv_transpose2d, conv2d, conv2d_weight_backward};
-    use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-    let device = Device::flex();
-    let batch = 64;
-    // (channels, spatial size) of the four ResNet-18 stages.
-    let shapes: &[(usize, usize)] = if quick {
-        &[(64, 32), (512, 4)]
-    } else {
-        &[(64, 32), (128, 16), (256, 8), (512, 4)]
-    };
-    for &(c, hw) in shapes {
-        let x = random(batch, c * hw * hw, 1, &device).reshape([batch, c, hw, hw]);
-        let w = random(c, c * 9, 2, &device).reshape([c, c, 3, 3]);
-        let g = random(batch, c * hw * hw, 3, &device).reshape([batch, c, hw, hw]);
-        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let transposed = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
-        // 2 FLOPs per multiply-add; the same count for all three operations.
-        let flops = 2.0 * (batch * c * c * 9 * hw * hw) as f64;
-        type Op<'a> = Box<dyn Fn() -> Tensor<4> + 'a>;
-        let ops: [(&str, Op); 3] = [
-            (
-                "forward",
-                Box::new(|| conv2d(x.clone(), w.clone(), None, options.clone())),
-            ),
-            (
-                "input grad",
-                Box::new(|| conv_transpose2d(g.clone(), w.clone(), None, transposed.clone())),
-            ),
-            (
-                "weight grad",
-                Box::new(|| {
-                    conv2d_weight_backward(x.clone(), w.clone(), g.clone(), options.clone())
-                }),
-            ),
-        ];
-        for (name, op) in ops {
-            let (seconds, repeats) = time(1, if quick { 2 } else { 5 }, || {
-                let _: f32 = op().sum().into_scalar();
-            });
-            let m = Measurement {
-                group: "conv".into(),
-                name: name.into(),
-                shape: format!("3x3, batch {batch}, {c} channels, {hw}x{hw}"),
-                backend: "flex".into(),
-                median_seconds: seconds,
-                repeats,
-                per_second: None,
-                peak_rss_mib: None,
-                flops: Some(flops),
-            };
-            log(&format!(
-                "conv {:<12} {:<36} {:>8.2} ms {:>6.0} GFLOP/s",
-                m.name,
-                m.shape,
-                1e3 * seconds,
-                flops / seconds / 1e9
-            ));
-            out.push(m);
-        }
-    }
-    Ok(())
-}
-
 /// Augment + batch one epoch of a synthetic set held in memory.
 fn data_path(out: &mut Vec<Measurement>, log: &dyn Fn(&str)) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("lossbench-bench-data-{}", std::process::id()));
@@ -404,6 +340,9 @@ fn pytorch(python: &Path, device: &str, quick: bool, only: &[String]) -> Result<
     if !only.is_empty() {
         cmd.arg("--only").arg(only.join(","));
     }
+    // The convolution shapes come from the model crate, so both sides measure the same ones.
+    cmd.arg("--conv-shapes")
+        .arg(conv::argument(&conv::resnet_shapes(quick)));
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {}", python.display()))?;
@@ -451,7 +390,7 @@ pub fn run(options: &Options, log: &dyn Fn(&str)) -> Result<Report> {
         heads(options.quick, &mut lossbench, log)?;
     }
     if options.wants("conv") {
-        convolutions(options.quick, &mut lossbench, log)?;
+        conv::convolutions(options.quick, &mut lossbench, log)?;
     }
     let pytorch = match &options.pytorch {
         Some(python) => pytorch(
