@@ -106,7 +106,8 @@ def train_steps(quick, out, device):
                 torch.cuda.synchronize()
 
         # On a GPU: more warm-up (cuDNN picks algorithms, the allocator fills) and more repeats.
-        seconds, repeats = timed(step, 5 if gpu else 1, 20 if gpu else (2 if quick else 3))
+        # The warm-up and repeats of crates/bench/src/lib.rs's train_steps.
+        seconds, repeats = timed(step, 5 if gpu else (1 if quick else 2), 20 if gpu else (2 if quick else 5))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out.append(dict(group="train_step", name=arch, shape=f"batch {batch}", backend=f"pytorch {device}",
                         median_seconds=seconds, repeats=repeats, per_second=batch / seconds, peak_rss_mib=peak))

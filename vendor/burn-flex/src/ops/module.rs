@@ -4,14 +4,15 @@
 
 #[cfg(feature = "std")]
 use crate::ops::conv_direct;
-use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
+use crate::ops::{batch_norm, conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
     ops::{
-        AttentionModuleOptions, ConvOptions, ConvTransposeOptions, DeformConv2dBackward,
-        DeformConvOptions, FloatTensorOps, IntTensorOps, InterpolateMode, InterpolateOptions,
-        MaxPool2dBackward, MaxPool2dWithIndices, ModuleOps, conv::pad_asymmetric_conv_input,
+        AttentionModuleOptions, BatchNormTrain, BatchNormTrainBackward, ConvOptions,
+        ConvTransposeOptions, DeformConv2dBackward, DeformConvOptions, FloatTensorOps,
+        IntTensorOps, InterpolateMode, InterpolateOptions, MaxPool2dBackward, MaxPool2dWithIndices,
+        ModuleOps, conv::pad_asymmetric_conv_input,
     },
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
@@ -42,6 +43,137 @@ pub(crate) fn cast_from_f32<E: Element + Pod + Copy>(
     let half_data: alloc::vec::Vec<E> = data.iter().map(|&v| from_f32(v)).collect();
     let bytes = Bytes::from_elems(half_data);
     FlexTensor::new(bytes, Layout::contiguous(shape), E::dtype())
+}
+
+/// `[batch, channels, spatial]` of a batch-norm input (rank 2 or more), for the fused f32
+/// path; `None` sends other dtypes to burn's default.
+fn batch_norm_dims(x: &FlexTensor) -> Option<[usize; 3]> {
+    let shape = x.layout().shape();
+    (x.dtype() == DType::F32 && shape.num_dims() >= 2).then(|| {
+        let spatial = (2..shape.num_dims()).map(|d| shape[d]).product();
+        [shape[0], shape[1], spatial]
+    })
+}
+
+fn f32_tensor(data: alloc::vec::Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// burn's default `batch_norm` (private there): `(x − mean) / √(var + ε) · γ + β`.
+fn batch_norm_default(
+    x: FloatTensor<Flex>,
+    gamma: FloatTensor<Flex>,
+    beta: FloatTensor<Flex>,
+    mean: FloatTensor<Flex>,
+    variance: FloatTensor<Flex>,
+    epsilon: f64,
+) -> FloatTensor<Flex> {
+    type B = Flex;
+    let rank = x.layout().shape().num_dims();
+    let channels = x.layout().shape()[1];
+    let mut dimensions = alloc::vec![1; rank];
+    dimensions[1] = channels;
+    let shape = Shape::from(dimensions);
+    let gamma = B::float_reshape(gamma, shape.clone());
+    let beta = B::float_reshape(beta, shape.clone());
+    let mean = B::float_reshape(mean, shape.clone());
+    let variance = B::float_reshape(variance, shape);
+    let std = B::float_sqrt(B::float_add_scalar(
+        variance,
+        burn_backend::Scalar::Float(epsilon),
+    ));
+    let normalized = B::float_div(B::float_sub(x, mean), std);
+    B::float_add(B::float_mul(normalized, gamma), beta)
+}
+
+/// burn's default `batch_norm_train` (private there): the mean and biased variance over all
+/// axes but the channel's, then the affine normalisation.
+fn batch_norm_train_default(
+    x: FloatTensor<Flex>,
+    gamma: FloatTensor<Flex>,
+    beta: FloatTensor<Flex>,
+    epsilon: f64,
+) -> BatchNormTrain<Flex> {
+    type B = Flex;
+    let shape = x.layout().shape().clone();
+    let channels = shape[1];
+    let flattened = Shape::new([channels, shape.num_elements() / channels]);
+    let mut per_channel = alloc::vec![1; shape.num_dims()];
+    per_channel[1] = channels;
+    let mean = B::float_mean_dim(
+        B::float_reshape(B::float_swap_dims(x.clone(), 0, 1), flattened.clone()),
+        1,
+    );
+    let mean = B::float_reshape(mean, Shape::from(per_channel));
+    let centered = B::float_sub(x.clone(), mean.clone());
+    let variance = B::float_mean_dim(
+        B::float_reshape(
+            B::float_swap_dims(B::float_mul(centered.clone(), centered), 0, 1),
+            flattened,
+        ),
+        1,
+    );
+    let mean = B::float_reshape(mean, Shape::new([channels]));
+    let variance = B::float_reshape(variance, Shape::new([channels]));
+    let output = batch_norm_default(x, gamma, beta, mean.clone(), variance.clone(), epsilon);
+    BatchNormTrain::new(output, mean, variance)
+}
+
+/// burn's default `batch_norm_train_backward` (private there).
+fn batch_norm_train_backward_default(
+    x: FloatTensor<Flex>,
+    gamma: FloatTensor<Flex>,
+    mean: FloatTensor<Flex>,
+    variance: FloatTensor<Flex>,
+    epsilon: f64,
+    output_grad: FloatTensor<Flex>,
+) -> BatchNormTrainBackward<Flex> {
+    type B = Flex;
+    let shape = x.layout().shape().clone();
+    let channels = shape[1];
+    let flattened = Shape::new([channels, shape.num_elements() / channels]);
+    let mut per_channel = alloc::vec![1; shape.num_dims()];
+    per_channel[1] = channels;
+    let per_channel = Shape::from(per_channel);
+    let inv_std = B::float_reshape(
+        B::float_recip(B::float_sqrt(B::float_add_scalar(
+            variance,
+            burn_backend::Scalar::Float(epsilon),
+        ))),
+        per_channel.clone(),
+    );
+    let normalized = B::float_mul(
+        B::float_sub(x, B::float_reshape(mean, per_channel.clone())),
+        inv_std.clone(),
+    );
+    let output_grad_flat = B::float_reshape(
+        B::float_swap_dims(output_grad.clone(), 0, 1),
+        flattened.clone(),
+    );
+    let normalized_grad_flat = B::float_reshape(
+        B::float_swap_dims(B::float_mul(output_grad.clone(), normalized.clone()), 0, 1),
+        flattened,
+    );
+    let beta_grad = B::float_sum_dim(output_grad_flat.clone(), 1);
+    let gamma_grad = B::float_sum_dim(normalized_grad_flat.clone(), 1);
+    let mean_grad = B::float_reshape(B::float_mean_dim(output_grad_flat, 1), per_channel.clone());
+    let mean_normalized_grad = B::float_reshape(
+        B::float_mean_dim(normalized_grad_flat, 1),
+        per_channel.clone(),
+    );
+    let centred_grad = B::float_sub(output_grad, mean_grad);
+    let projected = B::float_mul(normalized, mean_normalized_grad);
+    let scale = B::float_mul(B::float_reshape(gamma, per_channel), inv_std);
+    let x_grad = B::float_mul(scale, B::float_sub(centred_grad, projected));
+    BatchNormTrainBackward::new(
+        x_grad,
+        B::float_reshape(gamma_grad, Shape::new([channels])),
+        B::float_reshape(beta_grad, Shape::new([channels])),
+    )
 }
 
 /// burn's default input gradient (`burn_backend::ops::conv::conv2d_x_backward`, private
@@ -181,6 +313,95 @@ impl ModuleOps<Flex> for Flex {
             );
         }
         conv2d_gemm::conv2d_weight_backward(x, output_grad, &weight_shape, &options)
+    }
+
+    // lossbench patch (LOSSBENCH.md): one pass (burn's default: five tensor operations).
+    fn batch_norm(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        beta: FloatTensor<Flex>,
+        mean: FloatTensor<Flex>,
+        variance: FloatTensor<Flex>,
+        epsilon: f64,
+    ) -> FloatTensor<Flex> {
+        let Some(dims) = batch_norm_dims(&x) else {
+            return batch_norm_default(x, gamma, beta, mean, variance, epsilon);
+        };
+        let [x, gamma, beta, mean, variance] =
+            [x, gamma, beta, mean, variance].map(|t| t.to_contiguous());
+        let out = batch_norm::inference(
+            x.storage(),
+            dims,
+            gamma.storage(),
+            beta.storage(),
+            mean.storage(),
+            variance.storage(),
+            epsilon,
+        );
+        f32_tensor(out, x.layout().shape().clone())
+    }
+
+    // lossbench patch (LOSSBENCH.md): batch normalisation in two passes per channel, sums in
+    // f64 in a fixed order (burn's default: a dozen tensor operations, permuted copies).
+    fn batch_norm_train(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        beta: FloatTensor<Flex>,
+        epsilon: f64,
+    ) -> BatchNormTrain<Flex> {
+        let Some(dims) = batch_norm_dims(&x) else {
+            return batch_norm_train_default(x, gamma, beta, epsilon);
+        };
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        let (output, mean, variance) =
+            batch_norm::train_forward(x.storage(), dims, gamma.storage(), beta.storage(), epsilon);
+        let channels = Shape::new([dims[1]]);
+        BatchNormTrain::new(
+            f32_tensor(output, x.layout().shape().clone()),
+            f32_tensor(mean, channels.clone()),
+            f32_tensor(variance, channels),
+        )
+    }
+
+    fn batch_norm_train_backward(
+        x: FloatTensor<Flex>,
+        gamma: FloatTensor<Flex>,
+        mean: FloatTensor<Flex>,
+        variance: FloatTensor<Flex>,
+        epsilon: f64,
+        output_grad: FloatTensor<Flex>,
+    ) -> BatchNormTrainBackward<Flex> {
+        let Some(dims) = batch_norm_dims(&x) else {
+            return batch_norm_train_backward_default(
+                x,
+                gamma,
+                mean,
+                variance,
+                epsilon,
+                output_grad,
+            );
+        };
+        let [x, gamma, mean, variance, output_grad] =
+            [x, gamma, mean, variance, output_grad].map(|t| t.to_contiguous());
+        let (x_grad, gamma_grad, beta_grad) = batch_norm::train_backward(
+            x.storage(),
+            output_grad.storage(),
+            dims,
+            gamma.storage(),
+            mean.storage(),
+            variance.storage(),
+            epsilon,
+        );
+        let channels = Shape::new([dims[1]]);
+        BatchNormTrainBackward::new(
+            f32_tensor(x_grad, x.layout().shape().clone()),
+            f32_tensor(gamma_grad, channels.clone()),
+            f32_tensor(beta_grad, channels),
+        )
     }
 
     fn deform_conv2d(

@@ -1,0 +1,274 @@
+//! Batch normalisation in f32, fused (lossbench patch, see LOSSBENCH.md): burn's default
+//! `batch_norm_train` and its backward are a dozen tensor operations, each a pass over the
+//! activations, several of them permuted copies (`swap_dims` + `reshape` to reduce over all
+//! but the channel axis). Here each is two passes per channel: the statistics, then the
+//! element-wise result.
+//!
+//! The sums (mean, variance, and the two gradient sums) are accumulated in f64 over the
+//! channel's `batch × spatial` values in index order, in [`PARTIALS`] interleaved partial sums
+//! (element `i` of a sample's plane into partial `i mod PARTIALS`, samples in order) that are
+//! then added in a fixed order. No vector width or thread count enters it (channels are split
+//! between threads, a channel never), so the same inputs give the same bits on every x86-64
+//! CPU and thread count, and more exact ones than f32 sums. The element-wise steps are a
+//! subtraction and fused multiply-adds, each exactly rounded whatever the vector width.
+
+use alloc::vec::Vec;
+
+/// Independent partial sums per channel: enough to keep the adds of one channel off a single
+/// dependency chain.
+const PARTIALS: usize = 8;
+
+/// `Σ f(i)` over one channel's values, `i` in `0..batch·spatial` in sample-then-plane order,
+/// in f64, in the fixed order described above. `plane(b)` is the channel's plane in sample `b`.
+fn channel_sum<'a>(
+    batch: usize,
+    plane: impl Fn(usize) -> &'a [f32],
+    f: impl Fn(usize, usize, f32) -> f64,
+) -> f64 {
+    let mut partial = [0.0f64; PARTIALS];
+    for b in 0..batch {
+        let values = plane(b);
+        let mut chunks = values.chunks_exact(PARTIALS);
+        for (c, chunk) in (&mut chunks).enumerate() {
+            for (j, (&v, p)) in chunk.iter().zip(partial.iter_mut()).enumerate() {
+                *p += f(b, c * PARTIALS + j, v);
+            }
+        }
+        let done = values.len() / PARTIALS * PARTIALS;
+        for (j, (&v, p)) in chunks
+            .remainder()
+            .iter()
+            .zip(partial.iter_mut())
+            .enumerate()
+        {
+            *p += f(b, done + j, v);
+        }
+    }
+    // Pairwise, in a fixed tree: ((0+1)+(2+3))+((4+5)+(6+7)).
+    let [p0, p1, p2, p3, p4, p5, p6, p7] = partial;
+    ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))
+}
+
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them: `mul_add` is then one vector
+/// instruction instead of a call to the C library's `fmaf`. The results are the same (a fused
+/// multiply-add is exactly rounded either way).
+#[inline(always)]
+fn fused(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn with_fma(f: impl FnOnce()) {
+            f();
+        }
+        static HAS_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *HAS_FMA.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }) {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { with_fma(f) };
+            return;
+        }
+    }
+    f();
+}
+
+/// `[batch, channels, spatial]` data as planes.
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    data: &'a [f32],
+    channels: usize,
+    spatial: usize,
+}
+
+impl<'a> Planes<'a> {
+    fn plane(&self, b: usize, c: usize) -> &'a [f32] {
+        &self.data[(b * self.channels + c) * self.spatial..][..self.spatial]
+    }
+}
+
+/// The element-wise pass: `write(b, c, plane)` fills the output plane of sample `b`, channel
+/// `c`; in parallel over samples × channels.
+fn per_plane(
+    out: &mut [f32],
+    spatial: usize,
+    channels: usize,
+    write: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) {
+    if spatial == 0 {
+        return;
+    }
+    let run = |(i, plane): (usize, &mut [f32])| write(i / channels, i % channels, plane);
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_exact_mut(spatial).enumerate().for_each(run);
+    }
+    #[cfg(not(feature = "rayon"))]
+    out.chunks_exact_mut(spatial).enumerate().for_each(run);
+}
+
+/// `f(c)` for every channel, in parallel.
+fn per_channel<T: Send>(channels: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        (0..channels).into_par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "rayon"))]
+    (0..channels).map(f).collect()
+}
+
+/// The forward pass of training: `x` `[batch, channels, spatial]` (contiguous), `gamma`,
+/// `beta` `[channels]`. Returns the output and the batch's mean and biased variance.
+pub(crate) fn train_forward(
+    x: &[f32],
+    [batch, channels, spatial]: [usize; 3],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let planes = Planes {
+        data: x,
+        channels,
+        spatial,
+    };
+    let n = (batch * spatial) as f64;
+    // Mean, then the variance about it (two passes: no cancellation).
+    let stats: Vec<(f64, f64)> = per_channel(channels, |c| {
+        let mean = channel_sum(batch, |b| planes.plane(b, c), |_, _, v| f64::from(v)) / n;
+        let variance = channel_sum(
+            batch,
+            |b| planes.plane(b, c),
+            |_, _, v| {
+                let d = f64::from(v) - mean;
+                d * d
+            },
+        ) / n;
+        (mean, variance)
+    });
+    // y = (x − mean) · scale + β, scale = γ / √(var + ε): centred first, so a mean much
+    // larger than the spread costs no digits.
+    let affine: Vec<(f32, f32, f32)> = stats
+        .iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(&(mean, variance), (&g, &b))| {
+            (
+                mean as f32,
+                (f64::from(g) / (variance + epsilon).sqrt()) as f32,
+                b,
+            )
+        })
+        .collect();
+    let mut out = alloc::vec![0.0f32; x.len()];
+    per_plane(&mut out, spatial, channels, |b, c, dst| {
+        let (mean, scale, shift) = affine[c];
+        fused(|| {
+            for (y, &v) in dst.iter_mut().zip(planes.plane(b, c)) {
+                *y = (v - mean).mul_add(scale, shift);
+            }
+        });
+    });
+    let mean = stats.iter().map(|s| s.0 as f32).collect();
+    let variance = stats.iter().map(|s| s.1 as f32).collect();
+    (out, mean, variance)
+}
+
+/// The backward pass: `x`, `output_grad` `[batch, channels, spatial]` (contiguous), `gamma`,
+/// and the `mean`, `variance` the forward pass returned. Returns the gradients of `x`, `gamma`
+/// and `beta`:
+/// `x̂ = (x − mean) / √(var + ε)`, `dβ = Σ dy`, `dγ = Σ dy · x̂`,
+/// `dx = γ / √(var + ε) · (dy − dβ / n − x̂ · dγ / n)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_backward(
+    x: &[f32],
+    output_grad: &[f32],
+    [batch, channels, spatial]: [usize; 3],
+    gamma: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let xs = Planes {
+        data: x,
+        channels,
+        spatial,
+    };
+    let gs = Planes {
+        data: output_grad,
+        channels,
+        spatial,
+    };
+    let n = (batch * spatial) as f64;
+    let inv_std: Vec<f64> = variance
+        .iter()
+        .map(|&v| 1.0 / (f64::from(v) + epsilon).sqrt())
+        .collect();
+    let sums: Vec<(f64, f64)> = per_channel(channels, |c| {
+        let (m, s) = (f64::from(mean[c]), inv_std[c]);
+        let beta_grad = channel_sum(batch, |b| gs.plane(b, c), |_, _, g| f64::from(g));
+        let gamma_grad = channel_sum(
+            batch,
+            |b| gs.plane(b, c),
+            |b, i, g| f64::from(g) * ((f64::from(xs.plane(b, c)[i]) - m) * s),
+        );
+        (beta_grad, gamma_grad)
+    });
+    // dx = γ·s · ((dy − dβ/n) − (x − mean) · s·dγ/n): the terms that cancel (for a channel
+    // of nearly equal values) are subtracted at their own scale, then multiplied by γ·s,
+    // which can be large (s = 1/√(var + ε)).
+    let coefficients: Vec<(f32, f32, f32)> = (0..channels)
+        .map(|c| {
+            let (g, s) = (f64::from(gamma[c]), inv_std[c]);
+            let (beta_grad, gamma_grad) = sums[c];
+            (
+                (g * s) as f32,
+                (beta_grad / n) as f32,
+                (s * gamma_grad / n) as f32,
+            )
+        })
+        .collect();
+    let mut x_grad = alloc::vec![0.0f32; x.len()];
+    per_plane(&mut x_grad, spatial, channels, |b, c, dst| {
+        let ((scale, mean_grad, slope), m) = (coefficients[c], mean[c]);
+        fused(|| {
+            for ((out, &g), &v) in dst.iter_mut().zip(gs.plane(b, c)).zip(xs.plane(b, c)) {
+                *out = scale * (-(v - m)).mul_add(slope, g - mean_grad);
+            }
+        });
+    });
+    let gamma_grad = sums.iter().map(|s| s.1 as f32).collect();
+    let beta_grad = sums.iter().map(|s| s.0 as f32).collect();
+    (x_grad, gamma_grad, beta_grad)
+}
+
+/// Inference (evaluation): `y = (x − mean) · γ / √(var + ε) + β` with the running statistics.
+pub(crate) fn inference(
+    x: &[f32],
+    [_, channels, spatial]: [usize; 3],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    epsilon: f64,
+) -> Vec<f32> {
+    let planes = Planes {
+        data: x,
+        channels,
+        spatial,
+    };
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(variance)
+        .map(|(&g, &v)| (f64::from(g) / (f64::from(v) + epsilon).sqrt()) as f32)
+        .collect();
+    let mut out = alloc::vec![0.0f32; x.len()];
+    per_plane(&mut out, spatial, channels, |b, c, dst| {
+        let (m, s, shift) = (mean[c], scale[c], beta[c]);
+        fused(|| {
+            for (y, &v) in dst.iter_mut().zip(planes.plane(b, c)) {
+                *y = (v - m).mul_add(s, shift);
+            }
+        });
+    });
+    out
+}
