@@ -22,7 +22,7 @@ reproduce experiment="experiments/cifar100-resnet50-blog.toml" *args="": build
     {{lossbench}} run {{experiment}} --fetch --resume {{args}}
     {{lossbench}} report {{experiment}}
 
-# The synthetic end-to-end demo: every loss, 2 seeds, report included (under 10 minutes on 2 cores)
+# The synthetic end-to-end demo: every loss, 2 seeds, report included (3–9 minutes on 2 cores)
 demo results="results" report="reports/demo" *args="": build
     {{lossbench}} run experiments/demo.toml --resume --backend flex --results {{results}} {{args}}
     {{lossbench}} report {{results}}/demo --out {{report}}
