@@ -7,6 +7,9 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module::{batch_norm, batch_norm_train};
+use support::child_bits;
+
+mod support;
 
 /// Deterministic values with a per-channel offset larger than their spread (the case where
 /// centring first matters).
@@ -296,23 +299,6 @@ fn one_and_three_threads_give_the_same_bits() {
         println!("\nbits {:016x}", hasher.finish());
         return;
     }
-    let bits = |threads: &str| {
-        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
-            .env(CHILD, "1")
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .expect("run the test binary");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("bits ").map(str::to_owned))
-            .unwrap_or_else(|| panic!("no bits: {stdout}"))
-    };
+    let bits = |threads: &str| child_bits(TEST, CHILD, &[("RAYON_NUM_THREADS", threads)]);
     assert_eq!(bits("1"), bits("3"));
 }

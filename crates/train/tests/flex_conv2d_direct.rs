@@ -16,6 +16,9 @@ use burn::prelude::*;
 use burn::tensor::module::{conv2d, conv2d_weight_backward};
 use burn::tensor::ops::ConvOptions;
 use lossbench_model::{Arch, ResNetConfig};
+use support::child_bits;
+
+mod support;
 
 /// Deterministic values in [-1, 1], of several magnitudes so that the order of additions
 /// shows in the last bits.
@@ -510,28 +513,6 @@ fn all_bits() -> u64 {
     hasher.finish()
 }
 
-/// The bits `all_bits` gives in a child process of this test binary with `env` set (and the
-/// kernel switch unset unless `env` sets it).
-fn child_bits(test: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env(CHILD, "1")
-        .env_remove("LOSSBENCH_CPU_KERNELS");
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("run the test binary");
-    assert!(
-        out.status.success(),
-        "child failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("bits ").map(str::to_owned))
-        .filter(|bits| bits.len() == 16)
-        .unwrap_or_else(|| panic!("no bits in the child's output: {stdout}"))
-}
-
 #[test]
 fn avx512_and_avx2_kernels_give_the_same_bits() {
     const TEST: &str = "avx512_and_avx2_kernels_give_the_same_bits";
@@ -544,9 +525,9 @@ fn avx512_and_avx2_kernels_give_the_same_bits() {
         println!("skipped: this CPU has no AVX-512, so only its AVX2 kernels can run here");
         return;
     }
-    let avx2 = child_bits(TEST, &[("LOSSBENCH_CPU_KERNELS", "x86-64-v3")]);
+    let avx2 = child_bits(TEST, CHILD, &[("LOSSBENCH_CPU_KERNELS", "x86-64-v3")]);
     assert_eq!(
-        child_bits(TEST, &[]),
+        child_bits(TEST, CHILD, &[]),
         avx2,
         "AVX-512 and AVX2 kernels differ"
     );
@@ -561,9 +542,9 @@ fn one_and_three_threads_give_the_same_bits() {
         println!("\nbits {:016x}", all_bits());
         return;
     }
-    let one = child_bits(TEST, &[("RAYON_NUM_THREADS", "1")]);
+    let one = child_bits(TEST, CHILD, &[("RAYON_NUM_THREADS", "1")]);
     assert_eq!(
-        child_bits(TEST, &[("RAYON_NUM_THREADS", "3")]),
+        child_bits(TEST, CHILD, &[("RAYON_NUM_THREADS", "3")]),
         one,
         "1 and 3 threads differ"
     );
