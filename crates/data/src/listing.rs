@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::DataError;
 
 /// The splits a listing may name.
@@ -126,12 +128,21 @@ pub fn read_folder(dir: &Path) -> Result<Listing, DataError> {
                 hint: format!("a folder set needs {split}/<class>/<image> below data.dir"),
             });
         }
-        let mut classes = 0;
-        for (class_dir, folder) in read_dir_sorted(&split_dir)? {
-            if !folder {
-                continue;
-            }
-            classes += 1;
+        let class_dirs: Vec<PathBuf> = read_dir_sorted(&split_dir)?
+            .into_iter()
+            .filter_map(|(path, folder)| folder.then_some(path))
+            .collect();
+        // Each class folder listed on its own thread (a cached reload is mostly listing and
+        // reading), then taken in order: the same entries and the same first error.
+        let listed: Vec<Result<Vec<PathBuf>, DataError>> = class_dirs
+            .par_iter()
+            .map(|class_dir| {
+                let mut files = Vec::new();
+                images_below(class_dir, &mut files).map(|()| files)
+            })
+            .collect();
+        let classes = class_dirs.len();
+        for (class_dir, files) in class_dirs.into_iter().zip(listed) {
             let class = class_dir
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -142,8 +153,7 @@ pub fn read_folder(dir: &Path) -> Result<Listing, DataError> {
                     ))
                 })?
                 .to_string();
-            let mut files = Vec::new();
-            images_below(&class_dir, &mut files)?;
+            let files = files?;
             if files.is_empty() {
                 return Err(DataError::Invalid(format!(
                     "{}: class folder holds no images ({})",
