@@ -117,28 +117,15 @@ fn pad<'a>(
         hp * wp
     };
     let sample = skewed(channels * plane);
-    let mut data = zeros(batch * sample, sample);
-    if h * w > 0 && channels > 0 {
-        let fill = |(dst, src): (&mut [f32], &[f32])| {
-            for (c, plane_src) in src.chunks_exact(h * w).enumerate() {
-                for (y, row) in plane_src.chunks_exact(w).enumerate() {
-                    let start = c * plane + (y + pad_h[0]) * wp + pad_w[0];
-                    dst[start..start + w].copy_from_slice(row);
-                }
+    let data = built(batch * sample, sample, |b, dst| {
+        let src = &src[b * channels * h * w..][..channels * h * w];
+        for (c, plane_src) in src.chunks_exact((h * w).max(1)).enumerate() {
+            for (y, row) in plane_src.chunks_exact(w.max(1)).enumerate() {
+                let start = c * plane + (y + pad_h[0]) * wp + pad_w[0];
+                dst[start..start + row.len()].copy_from_slice(row);
             }
-        };
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            data.par_chunks_exact_mut(sample)
-                .zip(src.par_chunks_exact(channels * h * w))
-                .for_each(fill);
         }
-        #[cfg(not(feature = "rayon"))]
-        data.chunks_exact_mut(sample)
-            .zip(src.chunks_exact(channels * h * w))
-            .for_each(fill);
-    }
+    });
     Padded {
         data: alloc::borrow::Cow::Owned(data),
         row: wp,
@@ -197,21 +184,29 @@ fn transpose_strided(
     }
 }
 
-/// `len` zeros, written by the threads in chunks of `chunk` floats: a single-threaded
-/// `vec![0.0; len]` of a convolution's buffers (tens of MB) took longer than the padding and
-/// transposing that fill them.
-fn zeros(len: usize, chunk: usize) -> Vec<f32> {
+/// `len` floats, built by the threads in chunks of `chunk`: each chunk is zeroed, then
+/// `fill(index, chunk)` writes into it while it is in the cache (a single-threaded
+/// `vec![0.0; len]` of a padded copy, tens of MB, took longer than the copying).
+fn built(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    use core::mem::MaybeUninit;
     let mut data: Vec<f32> = Vec::with_capacity(len);
-    let zero =
-        |part: &mut [core::mem::MaybeUninit<f32>]| part.fill(core::mem::MaybeUninit::new(0.0));
+    let build = |(i, part): (usize, &mut [MaybeUninit<f32>])| {
+        part.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element was just initialised; MaybeUninit<f32> has f32's layout.
+        let part = unsafe { &mut *(core::ptr::from_mut::<[MaybeUninit<f32>]>(part) as *mut [f32]) };
+        fill(i, part);
+    };
     let spare = &mut data.spare_capacity_mut()[..len];
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        spare.par_chunks_mut(chunk.max(1)).for_each(zero);
+        spare
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(build);
     }
     #[cfg(not(feature = "rayon"))]
-    zero(spare);
+    spare.chunks_mut(chunk.max(1)).enumerate().for_each(build);
     // SAFETY: every one of the `len` elements was written above.
     unsafe { data.set_len(len) };
     data
