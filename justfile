@@ -74,13 +74,15 @@ bench-pytorch *args="": build
 slurm-check: build
     bash scripts/slurm-check.sh {{lossbench}}
 
-# A stripped release binary with CUDA for a GPU machine without Rust (scripts/gpu-check.sh
-# runs it). Builds offline (vendor/cubecl-cuda: NVRTC, no LLVM download).
+# The binary for a GPU machine without Rust (scripts/gpu-check.sh runs it): release, stripped,
+# CUDA (NVRTC at run time, no LLVM download) and wgpu, with burn's autotune (cleared by the
+# parity checks on lavapipe; fusion is not: README). gpu-bin/lossbench.xz is what travels.
 gpu-binary:
-    cargo build --locked --profile gpu -p lossbench-cli --features cuda
+    cargo build --locked --profile gpu -p lossbench-cli --features cuda,autotune
     mkdir -p gpu-bin
     cp "{{CARGO_TARGET_DIR}}/gpu/lossbench" gpu-bin/lossbench
-    ls -la gpu-bin/lossbench
+    xz -T0 -6 -k -f gpu-bin/lossbench
+    ls -la gpu-bin
 
 # Scaffold a new loss crate NAME (NormFace maths, registry line, test-kit test)
 new-loss name:

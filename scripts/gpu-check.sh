@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for one NVIDIA GPU, in under 8 minutes. The GPU machine needs no
 # Rust: it runs a lossbench binary built elsewhere (`just gpu-binary` writes a stripped one to
-# gpu-bin/lossbench) and the PyTorch installed there. It prints, and writes to a Markdown file:
+# gpu-bin/lossbench and the copy that travels, gpu-bin/lossbench.xz, unpacked here on arrival)
+# and the PyTorch installed there. It prints, and writes to a Markdown file:
 #   1. `lossbench devices`, then `lossbench selfcheck` on cuda (and, quick, on wgpu): the
 #      numbers of every loss head, a training step and two epochs of every loss against
 #      float64 / flex, before anything is timed;
@@ -23,6 +24,14 @@ md="$out/gpu-check.md"
 start=$(date +%s)
 python=${PYTHON:-python3}
 
+# The binary travels compressed (the tree sent to a GPU machine is limited to 64 MiB).
+if [ ! -x "$bin" ] && [ -f "$bin.xz" ]; then
+  if command -v xz >/dev/null 2>&1; then
+    xz -d -k -c "$bin.xz" >"$bin.tmp"
+  else
+    "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin.xz" "$bin.tmp"
+  fi && chmod +x "$bin.tmp" && mv "$bin.tmp" "$bin"
+fi
 if [ ! -x "$bin" ]; then
   echo "error: no lossbench binary at $bin (build one with \`just gpu-binary\`)" >&2
   exit 2
@@ -76,7 +85,7 @@ if [ "$backends" = cuda,wgpu ]; then
 fi
 
 section "Training-step throughput, side by side (elapsed $(elapsed) s)"
-echo "lossbench on $backends (warm-up 5 steps, median of 20; autotune and fusion on) and PyTorch eager fp32 on the same GPU (its defaults: cuDNN may use TF32 for convolutions). Ratio = lossbench time / PyTorch time (< 1: lossbench faster)." | tee -a "$md"
+echo "lossbench on $backends (warm-up 5 steps, median of 20; autotune on, fusion off: README) and PyTorch eager fp32 on the same GPU (its defaults: cuDNN may use TF32 for convolutions). Ratio = lossbench time / PyTorch time (< 1: lossbench faster)." | tee -a "$md"
 echo | tee -a "$md"
 timeout 240 "$bin" bench --only train_step --backends "$backends" \
   --pytorch "$python" --pytorch-device cuda --out "$out/bench.json" \

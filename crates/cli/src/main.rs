@@ -61,9 +61,25 @@ fn quiet_vulkan_device_selection() {
 /// Exit code of a run stopped by SIGTERM / SIGUSR1 (EX_TEMPFAIL: try again).
 pub(crate) const INTERRUPTED: u8 = lossbench_grid::EXIT_INTERRUPTED;
 
+/// `lossbench --version`: the version and which of burn's GPU kernel features the binary was
+/// built with (README, "Which burn features each binary has"); the GPU check records it.
+macro_rules! version {
+    ($features:literal) => {
+        concat!(env!("CARGO_PKG_VERSION"), " (burn ", $features, ")")
+    };
+}
+#[cfg(all(feature = "autotune", feature = "fusion"))]
+const VERSION: &str = version!("autotune on, fusion on");
+#[cfg(all(feature = "autotune", not(feature = "fusion")))]
+const VERSION: &str = version!("autotune on, fusion off");
+#[cfg(all(not(feature = "autotune"), feature = "fusion"))]
+const VERSION: &str = version!("autotune off, fusion on");
+#[cfg(all(not(feature = "autotune"), not(feature = "fusion")))]
+const VERSION: &str = version!("autotune off, fusion off");
+
 /// Does this loss really beat softmax? Reproduce loss-comparison tables on CIFAR.
 #[derive(Debug, Parser)]
-#[command(name = "lossbench", version, about, propagate_version = true)]
+#[command(name = "lossbench", version = VERSION, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -48,6 +48,23 @@ fn devices_lists_the_cpu_backends_and_explains_missing_ones() {
     assert!(text.lines().any(|l| l.starts_with("wgpu ")), "{text}");
 }
 
+/// The tested build has neither of burn's `autotune` and `fusion` features, and says so
+/// (the GPU binary says "autotune on": README, "Which burn features each binary has").
+#[test]
+fn version_names_the_burn_features_of_the_build() {
+    let out = lossbench(&["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        concat!(
+            "lossbench ",
+            env!("CARGO_PKG_VERSION"),
+            " (burn autotune off, fusion off)"
+        )
+    );
+}
+
 /// On a machine without a desktop session, probing wgpu must not print libwayland's
 /// complaint once per Vulkan instance (it did, six times).
 #[test]
