@@ -158,36 +158,49 @@ fn heads(backend: &Backend) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for spec in LOSSES {
         let params = resolve_params(spec.name, &serde_json::Map::new())?;
-        let per_class = lossbench_registry::weight_rows(spec.name, &params)?;
-        let case = head_case(16, per_class);
-        let want = evaluate_named(spec.name, &params, &case, &Device::flex())
-            .with_context(|| format!("{}: the float64 reference", spec.name))?;
-        let got = evaluate_named_as(spec.name, &params, &case, &backend.device, DType::F32)
-            .with_context(|| format!("{} on {}", spec.name, backend.name))?;
-        let flat = |m: &[Vec<f64>]| m.iter().flatten().copied().collect::<Vec<f64>>();
-        for (what, g, w) in [
-            ("loss", vec![got.loss], vec![want.loss]),
-            ("logits", flat(&got.logits), flat(&want.logits)),
-            (
-                "feature gradient",
-                flat(&got.grad_features),
-                flat(&want.grad_features),
-            ),
-            (
-                "weight gradient",
-                flat(&got.grad_weights),
-                flat(&want.grad_weights),
-            ),
-        ] {
-            rows.push(Row {
-                check: "1. loss heads, f32 on the backend vs float64 (320 rows, 20 classes)",
-                what: format!("{} {what}", spec.name),
-                deviation: deviation(&g, &w, 1e-6),
-                tolerance: HEAD_TOLERANCE,
-            });
-        }
+        rows.extend(head_rows(spec.name, &params, &params, backend)?);
     }
     Ok(rows)
+}
+
+/// Head `name` with `params` on `backend` in f32 against the float64 reference computed with
+/// `reference_params` (the same in `selfcheck`; a test changes them to show a head whose
+/// maths differs being caught).
+fn head_rows(
+    name: &str,
+    params: &lossbench_head::ResolvedParams,
+    reference_params: &lossbench_head::ResolvedParams,
+    backend: &Backend,
+) -> Result<Vec<Row>> {
+    let per_class = lossbench_registry::weight_rows(name, params)?;
+    let case = head_case(16, per_class);
+    let want = evaluate_named(name, reference_params, &case, &Device::flex())
+        .with_context(|| format!("{name}: the float64 reference"))?;
+    let got = evaluate_named_as(name, params, &case, &backend.device, DType::F32)
+        .with_context(|| format!("{name} on {}", backend.name))?;
+    let flat = |m: &[Vec<f64>]| m.iter().flatten().copied().collect::<Vec<f64>>();
+    Ok([
+        ("loss", vec![got.loss], vec![want.loss]),
+        ("logits", flat(&got.logits), flat(&want.logits)),
+        (
+            "feature gradient",
+            flat(&got.grad_features),
+            flat(&want.grad_features),
+        ),
+        (
+            "weight gradient",
+            flat(&got.grad_weights),
+            flat(&want.grad_weights),
+        ),
+    ]
+    .into_iter()
+    .map(|(what, g, w)| Row {
+        check: "1. loss heads, f32 on the backend vs float64 (320 rows, 20 classes)",
+        what: format!("{name} {what}"),
+        deviation: deviation(&g, &w, 1e-6),
+        tolerance: HEAD_TOLERANCE,
+    })
+    .collect())
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f64> {
@@ -441,5 +454,44 @@ mod tests {
         .expect("selfcheck");
         assert!(report.ok(), "{report}");
         assert_eq!(report.rows.len(), LOSSES.len() * 4 + 3);
+    }
+
+    /// A head whose maths changed — ArcFace's margin 0.5 computed as 0.49, CosFace's 0.35 as
+    /// 0.34 — drifts in check 1: the loss always (1.2 % for CosFace), ArcFace's gradients
+    /// too; the logits carry no margin and agree.
+    #[test]
+    fn a_head_whose_maths_changed_drifts() {
+        let backend = BackendChoice::Flex
+            .resolve(0, Precision::F32)
+            .expect("flex");
+        for (name, m) in [("arcface", 0.49), ("cosface", 0.34)] {
+            let reference = resolve_params(name, &serde_json::Map::new()).expect("defaults");
+            let changed = resolve_params(
+                name,
+                &serde_json::json!({ "m": m })
+                    .as_object()
+                    .cloned()
+                    .expect("map"),
+            )
+            .expect("valid m");
+            let rows = head_rows(name, &changed, &reference, &backend).expect("rows");
+            let verdict = |what: &str| {
+                rows.iter()
+                    .find(|r| r.what == format!("{name} {what}"))
+                    .map(Row::ok)
+                    .expect("row")
+            };
+            assert!(verdict("logits"), "{rows:?}");
+            let changed_rows: &[&str] = if name == "arcface" {
+                &["loss", "feature gradient", "weight gradient"]
+            } else {
+                &["loss"]
+            };
+            for what in changed_rows {
+                assert!(!verdict(what), "{name} {what} not caught: {rows:?}");
+            }
+            let unchanged = head_rows(name, &reference, &reference, &backend).expect("rows");
+            assert!(unchanged.iter().all(Row::ok), "{unchanged:?}");
+        }
     }
 }
