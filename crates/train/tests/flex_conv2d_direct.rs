@@ -352,6 +352,9 @@ fn odd_convolutions() -> Vec<Conv> {
         conv(1, 130, 24, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1]),
         // few columns and several panels: the threads split the panels
         conv(2, 4, 200, [6, 6], [1, 1], [1, 1], [1, 1], [0, 0]),
+        // pointwise (the gemm path: 1×1, stride 1, ≥ 256 pixels), several 512-blocks in the
+        // forward and input gradient sums
+        conv(1, 1100, 600, [16, 17], [1, 1], [1, 1], [1, 1], [0, 0]),
     ]
 }
 
