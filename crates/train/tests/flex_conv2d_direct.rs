@@ -355,6 +355,9 @@ fn odd_convolutions() -> Vec<Conv> {
         // pointwise (the gemm path: 1×1, stride 1, ≥ 256 pixels), several 512-blocks in the
         // forward and input gradient sums
         conv(1, 1100, 600, [16, 17], [1, 1], [1, 1], [1, 1], [0, 0]),
+        // pointwise with planes of whole 512-blocks and ≥ 128 output channels: the weight
+        // gradient's gemm per image
+        conv(3, 20, 130, [16, 32], [1, 1], [1, 1], [1, 1], [0, 0]),
     ]
 }
 

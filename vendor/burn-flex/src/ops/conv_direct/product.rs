@@ -316,7 +316,7 @@ unsafe fn write_out(
     }
 }
 
-fn rayon_threads() -> usize {
+pub(crate) fn rayon_threads() -> usize {
     #[cfg(feature = "rayon")]
     {
         rayon::current_num_threads()
