@@ -14,7 +14,7 @@ use crate::{FlexTensor, Layout};
 
 /// Types that can be used with gemm-based matmul.
 /// Only implement for types that `gemm::gemm` dispatches on via TypeId (f32, f64, f16).
-trait GemmScalar: Element + bytemuck::Pod {
+pub(crate) trait GemmScalar: Element + bytemuck::Pod {
     fn zero() -> Self;
     fn one() -> Self;
 }
@@ -288,9 +288,10 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
+/// (lossbench: also the per-image product of conv_direct's pointwise path.)
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_call<T: GemmScalar>(
+pub(crate) unsafe fn gemm_call<T: GemmScalar>(
     m: usize,
     n: usize,
     k: usize,

@@ -264,25 +264,19 @@ fn pointwise(
         // SAFETY: dst is m × plane, A m × k (strides a_row, a_col within `weight`), src k ×
         // plane, all row-major and within their slices.
         unsafe {
-            gemm::gemm(
+            crate::ops::matmul::gemm_call(
                 m,
                 plane,
                 k,
                 dst.as_mut_ptr(),
                 1,
                 plane as isize,
-                false,
                 weight.as_ptr(),
                 a_col as isize,
                 a_row as isize,
                 src.as_ptr(),
                 1,
                 plane as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
             );
         }
