@@ -358,6 +358,14 @@ fn odd_convolutions() -> Vec<Conv> {
         // pointwise with planes of whole 512-blocks and ≥ 128 output channels: the weight
         // gradient's gemm per image
         conv(3, 20, 130, [16, 32], [1, 1], [1, 1], [1, 1], [0, 0]),
+        // short reductions (c_in · kh · kw ≤ 32) on ≥ 256 output pixels, the stem's path: the
+        // column matrix per image, with stride, dilation and padding past the kernel's reach
+        Conv {
+            padding_end: [0, 2],
+            ..conv(2, 2, 5, [40, 37], [3, 3], [2, 1], [1, 2], [1, 2])
+        },
+        // …and whole 512-pixel planes, the weight gradient's gemm per image
+        conv(2, 1, 9, [32, 16], [5, 5], [1, 1], [1, 1], [2, 2]),
     ]
 }
 
@@ -418,6 +426,7 @@ fn every_pass_sums_in_the_promised_order() {
         batch: 1,
         ..resnet[1]
     }); // weight gradient: 1024 pixels
+    convs.push(resnet[0]); // the stem: the short path's column matrix per image
     for c in convs {
         let t = Tensors::new(&c);
         let [y, dx, dw] = flex_passes(&c, &t);

@@ -20,12 +20,15 @@
 //! (not chosen per CPU or thread count).
 
 mod kernel;
+mod per_image;
 mod product;
 mod tensor;
 
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 pub(crate) use kernel::Isa;
+use per_image::{Images, POINTWISE_PLANE, SHORT_REDUCTION};
 use product::{Output, PackedA, Product, Scatter};
 pub(crate) use tensor::{conv2d, conv2d_weight_backward, conv2d_x_backward, usable};
 
@@ -68,6 +71,14 @@ impl Geometry {
             && self.input[0] * self.input[1] >= POINTWISE_PLANE
     }
 
+    /// A reduction `c_in · kh · kw` of at most [`SHORT_REDUCTION`] steps (the 3-channel stem)
+    /// onto planes of at least [`POINTWISE_PLANE`] pixels: per image, the column matrix and
+    /// one matrix product.
+    fn is_short(&self) -> bool {
+        self.c_in * self.kernel[0] * self.kernel[1] <= SHORT_REDUCTION
+            && self.output[0] * self.output[1] >= POINTWISE_PLANE
+    }
+
     /// The zero padding that makes every forward read land inside the padded input:
     /// `[before, after]` per axis.
     fn forward_padding(&self, axis: usize) -> [usize; 2] {
@@ -93,7 +104,7 @@ struct Padded<'a> {
 /// pixel of consecutive samples (or channels) falls in different sets of the L1 cache: with
 /// a multiple of 4 KiB (a 512-channel 4×4 sample padded to 6×6 is 18 × 4 KiB) they all
 /// compete for the same 12 ways.
-fn skewed(floats: usize) -> usize {
+pub(super) fn skewed(floats: usize) -> usize {
     let lines = floats.div_ceil(16);
     (lines | 1) * 16
 }
@@ -152,7 +163,7 @@ fn transpose_strided(
     rows: usize,
     cols: usize,
     lds: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     ldd: usize,
 ) {
     if rows == 0 || cols == 0 {
@@ -179,7 +190,7 @@ fn transpose_strided(
                         isa,
                         src.as_ptr().add(i0 * lds + k0),
                         lds,
-                        dst.as_mut_ptr().add(k0 * ldd + i0),
+                        dst.as_mut_ptr().add(k0 * ldd + i0).cast::<f32>(),
                         ldd,
                     )
                 };
@@ -189,7 +200,7 @@ fn transpose_strided(
     for i in 0..rows {
         let first = if i < whole_rows { whole_cols } else { 0 };
         for kk in first..cols {
-            dst[kk * ldd + i] = src[i * lds + kk];
+            dst[kk * ldd + i] = MaybeUninit::new(src[i * lds + kk]);
         }
     }
 }
@@ -197,15 +208,32 @@ fn transpose_strided(
 /// `len` floats, built by the threads in chunks of `chunk`: each chunk is zeroed, then
 /// `fill(index, chunk)` writes into it while it is in the cache (a single-threaded
 /// `vec![0.0; len]` of a padded copy, tens of MB, took longer than the copying).
-fn built(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
-    use core::mem::MaybeUninit;
-    let mut data: Vec<f32> = Vec::with_capacity(len);
-    let build = |(i, part): (usize, &mut [MaybeUninit<f32>])| {
+pub(super) fn built(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let zeroed_then_filled = |i: usize, part: &mut [MaybeUninit<f32>]| {
         part.fill(MaybeUninit::new(0.0));
         // SAFETY: every element was just initialised; MaybeUninit<f32> has f32's layout.
         let part = unsafe { &mut *(core::ptr::from_mut::<[MaybeUninit<f32>]>(part) as *mut [f32]) };
         fill(i, part);
     };
+    // SAFETY: every chunk is zeroed in full.
+    unsafe { overwritten(len, chunk, zeroed_then_filled) }
+}
+
+/// `len` floats, written by the threads in chunks of `chunk` by `fill(index, chunk)`, never
+/// zeroed first (for a 3-channel stem's output, zeroing it took a fifth of the pass).
+///
+/// # Safety
+/// `fill` must write every element of its chunk.
+pub(super) unsafe fn overwritten(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut data: Vec<f32> = Vec::with_capacity(len);
     let spare = &mut data.spare_capacity_mut()[..len];
     #[cfg(feature = "rayon")]
     {
@@ -213,11 +241,14 @@ fn built(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Sen
         spare
             .par_chunks_mut(chunk.max(1))
             .enumerate()
-            .for_each(build);
+            .for_each(|(i, part)| fill(i, part));
     }
     #[cfg(not(feature = "rayon"))]
-    spare.chunks_mut(chunk.max(1)).enumerate().for_each(build);
-    // SAFETY: every one of the `len` elements was written above.
+    spare
+        .chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, part)| fill(i, part));
+    // SAFETY: every one of the `len` elements was written above (the caller's contract).
     unsafe { data.set_len(len) };
     data
 }
@@ -233,108 +264,6 @@ fn for_each_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
     items.into_iter().for_each(f);
 }
 
-/// The smallest plane the pointwise path takes: a product per image is `plane` columns wide,
-/// and gemm on 16 (4×4) or 64 (8×8) columns was up to 4.9× slower than the direct product
-/// (ResNet-50's last stages), on 256 (16×16) and 1024 (32×32) up to 2.2× faster.
-const POINTWISE_PLANE: usize = 256;
-
-/// A pointwise convolution pass, per image `dst[m][p] = Σ_k A[m][k] · src[k][p]` over
-/// `plane` pixels, `A` the `[c_out, c_in]` weights (`transposed`: `A[m][k] = weight[k][m]`, the
-/// input gradient). gemm runs it with vectors along the pixels, reading every plane of `src`
-/// contiguously and writing `dst` in place; the direct product (vectors along the channels)
-/// broadcasts from `k` planes a plane apart, which fall into the same cache sets (256 → 64
-/// channels on 32×32 planes: 1.54× PyTorch's time, BENCHMARKS.md). One image per thread, gemm
-/// itself single-threaded. The order of the sums is gemm's, which the direct product follows:
-/// the same bits (tested).
-fn pointwise(
-    src: &[f32],
-    weight: &[f32],
-    batch: usize,
-    m: usize,
-    k: usize,
-    transposed: bool,
-    plane: usize,
-) -> Vec<f32> {
-    let (a_row, a_col) = if transposed { (1, m) } else { (k, 1) };
-    built(batch * m * plane, m * plane, |b, dst| {
-        if dst.is_empty() || k == 0 {
-            return; // zeros, as built
-        }
-        let src = &src[b * k * plane..][..k * plane];
-        // SAFETY: dst is m × plane, A m × k (strides a_row, a_col within `weight`), src k ×
-        // plane, all row-major and within their slices.
-        unsafe {
-            crate::ops::matmul::gemm_call(
-                m,
-                plane,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                plane as isize,
-                weight.as_ptr(),
-                a_col as isize,
-                a_row as isize,
-                src.as_ptr(),
-                1,
-                plane as isize,
-                gemm::Parallelism::None,
-            );
-        }
-    })
-}
-
-/// The weight gradient of a pointwise convolution whose planes are whole 512-blocks of the
-/// reduction (32×32 and larger): `dw[o][c] = Σ_b Σ_p dy[b][o][p] · x[b][c][p]` as one gemm
-/// product per image, each added to the sum of the images before it. The reduction over all
-/// `(b, p)` is then cut at the same 512-pixel blocks as the direct product's (each image
-/// holds whole blocks), and gemm adds each block to what `dw` holds in order: the same bits.
-/// The threads split the output channels; each runs through the images in order.
-fn pointwise_weight_grad(
-    x: &[f32],
-    output_grad: &[f32],
-    batch: usize,
-    c_out: usize,
-    c_in: usize,
-    plane: usize,
-) -> Vec<f32> {
-    let rows = c_out.div_ceil(product::rayon_threads()).max(1);
-    built(c_out * c_in, rows * c_in, |part, dst| {
-        let (o0, m) = (part * rows, dst.len() / c_in.max(1));
-        if m == 0 || c_in == 0 {
-            return;
-        }
-        for b in 0..batch {
-            let dy = &output_grad[(b * c_out + o0) * plane..][..m * plane];
-            let xb = &x[b * c_in * plane..][..c_in * plane];
-            // SAFETY: dst is m × c_in (row-major), lhs the m × plane rows of dy, rhs x_b
-            // read as plane × c_in (row stride 1, column stride plane); all within their slices.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    c_in,
-                    plane,
-                    dst.as_mut_ptr(),
-                    1,
-                    c_in as isize,
-                    b > 0,
-                    dy.as_ptr(),
-                    1,
-                    plane as isize,
-                    xb.as_ptr(),
-                    plane as isize,
-                    1,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        }
-    })
-}
-
 /// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, kh, kw]`;
 /// returns `[batch, c_out, oh, ow]` (no bias).
 pub(crate) fn forward(isa: Isa, x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
@@ -342,8 +271,13 @@ pub(crate) fn forward(isa: Isa, x: &[f32], weight: &[f32], g: &Geometry) -> Vec<
         x.len() == g.input_len() && weight.len() == g.weight_len(),
         "conv_direct::forward: {g:?}"
     );
+    let plane = g.output[0] * g.output[1];
     if g.is_pointwise() {
-        return pointwise(x, weight, g.batch, g.c_out, g.c_in, false, g.input[0] * g.input[1]);
+        return per_image::product(&Images::Planes(x), weight, g.batch, g.c_out, g.c_in, false, plane);
+    }
+    if g.is_short() {
+        let k = g.weight_len() / g.c_out.max(1);
+        return per_image::product(&Images::Columns(x, g), weight, g.batch, g.c_out, k, false, plane);
     }
     let [kh, kw] = g.kernel;
     let [oh, ow] = g.output;
@@ -423,8 +357,8 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
         "conv_direct::input_grad: {g:?}"
     );
     if g.is_pointwise() {
-        let plane = g.input[0] * g.input[1];
-        return pointwise(output_grad, weight, g.batch, g.c_in, g.c_out, true, plane);
+        let (images, plane) = (Images::Planes(output_grad), g.input[0] * g.input[1]);
+        return per_image::product(&images, weight, g.batch, g.c_in, g.c_out, true, plane);
     }
     let mut dx = Output::new(g.input_len());
     let [h, w] = g.input;
@@ -475,16 +409,20 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
             // A[(o, ty, tx)][c] = weight[o, c, ky, kx]: `taps` rows per o, chunks of whole o's
             // (a few thousand floats, so that there are not thousands of tiny tasks).
             let per_chunk = 4096usize.div_ceil(taps * isa.panel()).max(1);
+            // Step t of a channel o reads kernel element `kernel_taps[t]`.
+            let kernel_taps: Vec<usize> = taps_y
+                .iter()
+                .flat_map(|&(ky, _)| taps_x.iter().map(move |&(kx, _)| ky * kw + kx))
+                .collect();
             let a = PackedA::build(isa, g.c_in, k, taps * per_chunk, |m0, width, k0, chunk| {
+                let real = width.min(g.c_in - m0);
                 for (i, block) in chunk.chunks_mut(taps * width).enumerate() {
                     let o = k0 / taps + i;
-                    for c in m0..g.c_in.min(m0 + width) {
-                        let kernel = &weight[(o * g.c_in + c) * kh * kw..][..kh * kw];
-                        for (iy, &(ky, _)) in taps_y.iter().enumerate() {
-                            for (ix, &(kx, _)) in taps_x.iter().enumerate() {
-                                block[(iy * taps_x.len() + ix) * width + c - m0] =
-                                    kernel[ky * kw + kx];
-                            }
+                    let kernels = &weight[(o * g.c_in + m0) * kh * kw..][..real * kh * kw];
+                    // One row of A per tap, written in order (the kernels read a tap apart).
+                    for (row, &at) in block.chunks_mut(width).zip(&kernel_taps) {
+                        for (dst, kernel) in row.iter_mut().zip(kernels.chunks_exact(kh * kw)) {
+                            *dst = MaybeUninit::new(kernel[at]);
                         }
                     }
                 }
@@ -538,7 +476,12 @@ pub(crate) fn weight_grad(isa: Isa, x: &[f32], output_grad: &[f32], g: &Geometry
     // With 64 output channels (32 rows a thread) gemm was 1.3–1.9× slower than the direct
     // product; with 128 and 256, 1.1–1.8× faster (BENCHMARKS.md).
     if g.is_pointwise() && spatial.is_multiple_of(512) && g.c_out >= 128 {
-        return pointwise_weight_grad(x, output_grad, g.batch, g.c_out, g.c_in, spatial);
+        let images = Images::Planes(x);
+        return per_image::weight_grad(&images, output_grad, g.batch, g.c_out, g.c_in, spatial);
+    }
+    if g.is_short() && spatial.is_multiple_of(512) {
+        let (images, k) = (Images::Columns(x, g), g.weight_len() / g.c_out.max(1));
+        return per_image::weight_grad(&images, output_grad, g.batch, g.c_out, k, spatial);
     }
     let mut dw = Output::new(g.weight_len());
     let [kh, kw] = g.kernel;
