@@ -9,8 +9,8 @@
 //!   column matrix `[(c, ky, kx)][pixel]`, 27 × 1,024 floats (110 KB, in the L2 cache) for
 //!   the CIFAR stem. The direct product runs its vectors along the output channels, so its
 //!   sums are transposed into the planes afterwards; with 27 steps per output that transpose
-//!   and the copy behind it took most of the time (perf on the stem's forward pass: 26 % in
-//!   the micro-kernel, 40 % in the transpose and copies).
+//!   and the copy behind it cost more than the sums (perf on the stem's forward pass: 26 % in
+//!   the micro-kernel, 32 % in the transpose and copies).
 //!
 //! gemm sums each output over `k` in its order — `⌈k / 512⌉` equal blocks, one fused
 //! multiply-add after the other (vendor/gemm-common/LOSSBENCH.md) — which is the order the
