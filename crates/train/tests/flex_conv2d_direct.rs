@@ -358,6 +358,10 @@ fn odd_convolutions() -> Vec<Conv> {
         // pointwise with planes of whole 512-blocks and ≥ 128 output channels: the weight
         // gradient's gemm per image
         conv(3, 20, 130, [16, 32], [1, 1], [1, 1], [1, 1], [0, 0]),
+        // a strided 1×1 onto ≥ 256 output pixels: its input subsampled, then the 1×1 gemm path
+        conv(2, 24, 40, [33, 32], [1, 1], [2, 2], [1, 1], [0, 0]),
+        // …and with a different stride per axis, onto few pixels (the direct product)
+        conv(2, 10, 20, [12, 9], [1, 1], [3, 1], [1, 1], [0, 0]),
         // short reductions (c_in · kh · kw ≤ 32) on ≥ 256 output pixels, the stem's path: the
         // column matrix per image, with stride, dilation and padding past the kernel's reach
         Conv {
