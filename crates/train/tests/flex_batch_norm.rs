@@ -302,3 +302,58 @@ fn one_and_three_threads_give_the_same_bits() {
     let bits = |threads: &str| child_bits(TEST, CHILD, &[("RAYON_NUM_THREADS", threads)]);
     assert_eq!(bits("1"), bits("3"));
 }
+
+/// `Σ f(i)` over channel `ch`'s elements in the order batch_norm.rs documents: element `i`
+/// of a sample's plane into partial `i mod 8`, samples in order, the partials then added as
+/// ((0+1)+(2+3))+((4+5)+(6+7)); all in f64.
+fn documented_sum(c: &Case, ch: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let (spatial, channels) = (c.spatial(), c.channels());
+    let mut p = [0.0f64; 8];
+    for b in 0..c.shape[0] {
+        for i in 0..spatial {
+            p[i % 8] += f((b * channels + ch) * spatial + i);
+        }
+    }
+    ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))
+}
+
+/// The four per-channel sums run in f64 whatever vector width they run at (SSE2 or AVX2 lanes
+/// of the same partials): their f32 results are those of an f64 sum in the documented order,
+/// bit for bit. (This fails when a sum drops to f32; a different f64 order would rarely
+/// change an f32 result, which is the point of summing in f64.)
+#[test]
+fn the_sums_are_f64_sums_rounded_once_bit_for_bit() {
+    for c in cases() {
+        let [x, gamma, beta, g] = inputs(&c);
+        let [_, mean, variance, _, gamma_grad, beta_grad] =
+            flex(&c, &x, &gamma, &beta, &g, DType::F32);
+        let n = (c.len() / c.channels()) as f64;
+        let same = |what: &str, ch: usize, got: f64, want: f64| {
+            assert_eq!(
+                (got as f32).to_bits(),
+                (want as f32).to_bits(),
+                "{what} of channel {ch} {:?}: {got} vs {want} in the documented order",
+                c.shape
+            );
+        };
+        for ch in 0..c.channels() {
+            let m = documented_sum(&c, ch, |i| x[i]) / n;
+            let v = documented_sum(&c, ch, |i| (x[i] - m) * (x[i] - m)) / n;
+            same("mean", ch, mean[ch], m);
+            same("variance", ch, variance[ch], v);
+            // The backward pass works from the statistics as f32, as the forward returned them.
+            let (m, s) = (
+                f64::from(m as f32),
+                1.0 / (f64::from(v as f32) + EPSILON).sqrt(),
+            );
+            same(
+                "beta grad",
+                ch,
+                beta_grad[ch],
+                documented_sum(&c, ch, |i| g[i]),
+            );
+            let dg = documented_sum(&c, ch, |i| g[i] * ((x[i] - m) * s));
+            same("gamma grad", ch, gamma_grad[ch], dg);
+        }
+    }
+}
