@@ -138,15 +138,35 @@ fn pad<'a>(
         hp * wp
     };
     let sample = skewed(channels * plane);
-    let data = built(batch * sample, sample, |b, dst| {
+    // Each element written once, zeros only where there is no input (zeroing the whole copy
+    // first wrote it twice).
+    let fill = |b: usize, dst: &mut [MaybeUninit<f32>]| {
+        let zero = |part: &mut [MaybeUninit<f32>]| part.fill(MaybeUninit::new(0.0));
         let src = &src[b * channels * h * w..][..channels * h * w];
-        for (c, plane_src) in src.chunks_exact((h * w).max(1)).enumerate() {
-            for (y, row) in plane_src.chunks_exact(w.max(1)).enumerate() {
-                let start = c * plane + (y + pad_h[0]) * wp + pad_w[0];
-                dst[start..start + row.len()].copy_from_slice(row);
+        let (planes, gap) = dst.split_at_mut(channels * plane);
+        zero(gap);
+        for c in 0..channels {
+            let dst = &mut planes[c * plane..][..plane];
+            let (rows, gap) = dst.split_at_mut(hp * wp);
+            zero(gap);
+            let (top, rest) = rows.split_at_mut(pad_h[0] * wp);
+            let (middle, bottom) = rest.split_at_mut(h * wp);
+            zero(top);
+            zero(bottom);
+            for (y, row) in middle.chunks_exact_mut(wp.max(1)).enumerate() {
+                let (left, rest) = row.split_at_mut(pad_w[0]);
+                let (inner, right) = rest.split_at_mut(w);
+                zero(left);
+                zero(right);
+                for (d, &v) in inner.iter_mut().zip(&src[(c * h + y) * w..][..w]) {
+                    *d = MaybeUninit::new(v);
+                }
             }
         }
-    });
+    };
+    // SAFETY: each sample's chunk is its planes (top rows, rows of left zeros, input, right
+    // zeros, bottom rows, the skew after the plane) and the skew after them: all written.
+    let data = unsafe { overwritten(batch * sample, sample, fill) };
     Padded {
         data: alloc::borrow::Cow::Owned(data),
         row: wp,
