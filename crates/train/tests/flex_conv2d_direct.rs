@@ -362,6 +362,8 @@ fn odd_convolutions() -> Vec<Conv> {
         conv(2, 24, 40, [33, 32], [1, 1], [2, 2], [1, 1], [0, 0]),
         // …and with a different stride per axis, onto few pixels (the direct product)
         conv(2, 10, 20, [12, 9], [1, 1], [3, 1], [1, 1], [0, 0]),
+        // …and with ≥ 512 output channels, whose weight gradient is subsampled too
+        conv(1, 6, 520, [9, 10], [1, 1], [2, 3], [1, 1], [0, 0]),
         // short reductions (c_in · kh · kw ≤ 32) on ≥ 256 output pixels, the stem's path: the
         // column matrix per image, with stride, dilation and padding past the kernel's reach
         Conv {

@@ -287,7 +287,7 @@ fn for_each_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
 /// A strided 1×1 convolution as the same convolution with stride 1 on its input subsampled to
 /// the output's grid (`x[b, c, y·sh, x·sw]`): the same products in the same order, read from
 /// a compact copy (the strided reads used half of every cache line and left the 1×1 gemm
-/// path out; 256 → 512 on 32×32, stride 2: forward 28 → 16 ms).
+/// path out; 256 → 512 on 32×32, stride 2: forward 28 → 18 ms).
 fn subsampled(x: &[f32], g: &Geometry) -> Option<(Vec<f32>, Geometry)> {
     if g.kernel != [1, 1] || g.padding != [0, 0] || g.stride == [1, 1] || g.output.contains(&0) {
         return None;
@@ -526,7 +526,11 @@ pub(crate) fn weight_grad(isa: Isa, x: &[f32], output_grad: &[f32], g: &Geometry
         x.len() == g.input_len() && output_grad.len() == g.output_len(),
         "conv_direct::weight_grad: {g:?}"
     );
-    if let Some((xs, compact)) = subsampled(x, g) {
+    // Only for wide products: the copy costs what a narrower one saves (64 → 128 on 32×32,
+    // stride 2: 2.4 ms strided, 2.1 + 0.7 ms for the copy; 256 → 512: 33 → 24 ms).
+    if g.c_out >= 512
+        && let Some((xs, compact)) = subsampled(x, g)
+    {
         return weight_grad(isa, &xs, output_grad, &compact);
     }
     let spatial = g.output[0] * g.output[1];
