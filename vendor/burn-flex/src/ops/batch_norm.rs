@@ -15,6 +15,8 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
+use super::conv_direct::overwritten;
+
 /// Independent partial sums per channel: enough to keep the adds of one channel off a single
 /// dependency chain.
 const PARTIALS: usize = 8;
@@ -131,24 +133,12 @@ fn per_plane(
         spatial == 0 || len.is_multiple_of(spatial),
         "batch_norm: {len} values are not whole planes of {spatial}"
     );
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    if spatial > 0 {
-        let spare = &mut out.spare_capacity_mut()[..len];
-        let run = |(i, plane): (usize, &mut [MaybeUninit<f32>])| {
-            write(i / channels, i % channels, plane)
-        };
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            spare.par_chunks_exact_mut(spatial).enumerate().for_each(run);
-        }
-        #[cfg(not(feature = "rayon"))]
-        spare.chunks_exact_mut(spatial).enumerate().for_each(run);
+    if spatial == 0 {
+        return Vec::new();
     }
-    // SAFETY: `len` is `batch · channels · spatial`; every plane was written in full by
-    // `write` (or there are no elements).
-    unsafe { out.set_len(if spatial > 0 { len } else { 0 }) };
-    out
+    let fill = |i: usize, plane: &mut [MaybeUninit<f32>]| write(i / channels, i % channels, plane);
+    // SAFETY: `len` is whole planes (asserted), and `write` fills every element of each.
+    unsafe { overwritten(len, spatial, fill) }
 }
 
 /// `f(c)` for every channel, in parallel.

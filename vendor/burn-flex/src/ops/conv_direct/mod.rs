@@ -244,11 +244,12 @@ pub(super) fn built(
 }
 
 /// `len` floats, written by the threads in chunks of `chunk` by `fill(index, chunk)`, never
-/// zeroed first (for a 3-channel stem's output, zeroing it took a fifth of the pass).
+/// zeroed first (for a 3-channel stem's output, zeroing it took a fifth of the pass). Batch
+/// norm's element-wise passes use it too.
 ///
 /// # Safety
 /// `fill` must write every element of its chunk.
-pub(super) unsafe fn overwritten(
+pub(crate) unsafe fn overwritten(
     len: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
