@@ -364,6 +364,10 @@ fn odd_convolutions() -> Vec<Conv> {
         conv(2, 10, 20, [12, 9], [1, 1], [3, 1], [1, 1], [0, 0]),
         // …and with ≥ 512 output channels, whose weight gradient is subsampled too
         conv(1, 6, 520, [9, 10], [1, 1], [2, 3], [1, 1], [0, 0]),
+        // a 1×1 weight gradient with more output than input channels (by output channel:
+        // the input packed), input channels in two panels, not whole vectors, a short last
+        // tile and two 512-blocks of (b, p)
+        conv(4, 70, 151, [11, 13], [1, 1], [1, 1], [1, 1], [0, 0]),
         // short reductions (c_in · kh · kw ≤ 32) on ≥ 256 output pixels, the stem's path: the
         // column matrix per image, with stride, dilation and padding past the kernel's reach
         Conv {

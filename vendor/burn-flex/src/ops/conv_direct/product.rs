@@ -235,7 +235,8 @@ pub(crate) fn compute(isa: Isa, p: &Product, out: &Scatter, dst: &mut Output) {
 }
 
 /// Writes a group's sums `[column][lds]` (rows `m_range`) to `dst[dst_cols[j] + m ·
-/// m_stride]`. Columns whose destinations are evenly spaced (output pixels of one row, or of
+/// m_stride]`. With `m_stride` 1 (a weight gradient by output channel) the sums are laid out
+/// as `dst` is: one copy per column. Otherwise, columns whose destinations are evenly spaced (output pixels of one row, or of
 /// one stride phase) are transposed by vector blocks into a staging buffer of `lanes` rows,
 /// which go out one row of `dst` at a time, not `lanes` rows a cache line each (rows 4 KiB
 /// apart in a 32×32 plane fall into one set of the L1 cache). The rest, and the rows past
@@ -252,8 +253,23 @@ unsafe fn write_out(
     m_stride: usize,
     dst: &SharedDst,
 ) {
-    let lanes = isa.lanes();
     let rows = m_range.len();
+    if m_stride == 1 {
+        // `dst` is laid out as the sums are: a copy per column.
+        for (j, &col) in dst_cols.iter().enumerate() {
+            // SAFETY: `rows` consecutive destinations of column j, in bounds by the caller's
+            // contract; `sums` holds `lds ≥ rows` floats per column.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    sums.as_ptr().add(j * lds),
+                    dst.at(col + m_range.start),
+                    rows,
+                )
+            };
+        }
+        return;
+    }
+    let lanes = isa.lanes();
     let whole = if lanes > 1 { rows / lanes * lanes } else { 0 };
     let mut staging = Vec::new();
     let mut j0 = 0;
