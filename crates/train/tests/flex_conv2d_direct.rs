@@ -374,8 +374,12 @@ fn odd_convolutions() -> Vec<Conv> {
             padding_end: [0, 2],
             ..conv(2, 2, 5, [40, 37], [3, 3], [2, 1], [1, 2], [1, 2])
         },
-        // …and whole 512-pixel planes, the weight gradient's gemm per image
+        // …and whole 512-pixel planes, the weight gradient's gemm per image; one input
+        // channel: the input gradient by pixel vectors
         conv(2, 1, 9, [32, 16], [5, 5], [1, 1], [1, 1], [2, 2]),
+        // few input channels, stride 1: the input gradient by pixel vectors, rows that end
+        // in a partial vector, dilation, two 512-blocks
+        conv(2, 3, 70, [9, 37], [3, 3], [1, 1], [1, 2], [1, 2]),
     ]
 }
 

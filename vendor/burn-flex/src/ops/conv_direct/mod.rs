@@ -19,6 +19,7 @@
 //! path it replaces, so its results are those bits; the gradients' orders are new, and fixed
 //! (not chosen per CPU or thread count).
 
+mod few_channels;
 mod kernel;
 mod per_image;
 mod product;
@@ -414,6 +415,9 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
     if g.is_pointwise() {
         let (images, plane) = (Images::Planes(output_grad), g.input[0] * g.input[1]);
         return per_image::product(&images, weight, g.batch, g.c_in, g.c_out, true, plane);
+    }
+    if few_channels::takes(isa, g) {
+        return few_channels::input_grad(isa, output_grad, weight, g);
     }
     let mut dx = Output::new(g.input_len());
     let [h, w] = g.input;
