@@ -10,6 +10,12 @@
 //! | input gradient, per phase | input channel | input pixel `(b, r, q)` of the phase | `(o, ky, kx)`, the taps that reach the phase | weights of those taps |
 //! | weight gradient | output channel | `(c, ky, kx)` | output pixel `(b, oh, ow)` | output gradient, channels last |
 //!
+//! Two passes turn the table around where its vectors would be mostly empty or its packed
+//! operand the larger one: a 1×1 weight gradient with few input channels runs by output
+//! channel (`m` = input channel, `j` = output channel, `A` = the input, channels last), and the
+//! input gradient onto at most 4 input channels runs with vectors along the pixels
+//! (`few_channels.rs`). Each output's order of sums is the same either way.
+//!
 //! A strided convolution's input gradient is split by phase (`ih mod s`, `iw mod s`): the
 //! pixels of one phase are reached by a fixed subset of the kernel taps, each from the
 //! output gradient pixel `(r + e_ky, q + e_kx)`, so each phase is a stride-1 product over
