@@ -18,7 +18,7 @@ use core::mem::MaybeUninit;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
-use super::{Geometry, Isa, overwritten, pad, phase_taps, product};
+use super::{Geometry, Isa, gradient_padding, input_phases, overwritten, pad, product, tap_offsets};
 
 /// The most input channels this path takes (a tile keeps `channels × SEGMENTS` sums in
 /// registers).
@@ -27,12 +27,16 @@ pub(super) const MAX_CHANNELS: usize = 4;
 /// Runs of pixels per register tile.
 const SEGMENTS: usize = 6;
 
+/// The widest vector, in f32 lanes (AVX-512): the size of a spare run's sums per channel.
+const MAX_LANES: usize = 16;
+
 /// Whether the input gradient of `g` runs here on `isa`: stride 1, at most [`MAX_CHANNELS`]
-/// input channels, rows at least one vector long, and a vector ISA.
+/// input channels, at least one row, rows at least one vector long, and a vector ISA.
 pub(super) fn takes(isa: Isa, g: &Geometry) -> bool {
     isa != Isa::Scalar
         && g.stride == [1, 1]
         && (1..=MAX_CHANNELS).contains(&g.c_in)
+        && g.input[0] > 0
         && g.input[1] >= isa.lanes()
 }
 
@@ -41,15 +45,10 @@ pub(super) fn takes(isa: Isa, g: &Geometry) -> bool {
 pub(super) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     let ([h, w], [oh, ow], [kh, kw]) = (g.input, g.output, g.kernel);
     // Stride 1: one phase, every tap reaches it; input pixel i takes output gradient i + e.
-    let taps = |axis: usize| phase_taps(0, 1, g.padding[axis], g.dilation[axis], g.kernel[axis]);
-    let (taps_y, taps_x) = (&taps(0), &taps(1));
+    let (rows, columns) = (input_phases(g, 0), input_phases(g, 1));
+    let (taps_y, taps_x) = (&rows[0].0, &columns[0].0);
     // Zeros around the output gradient so that every tap of every pixel reads inside it.
-    let reach = |taps: &[(usize, isize)], size: usize, out: usize| -> [usize; 2] {
-        let before = taps.iter().map(|&(_, e)| (-e).max(0) as usize).max().unwrap_or(0);
-        let last = taps.iter().map(|&(_, e)| e).max().unwrap_or(0) + size as isize - 1;
-        [before, (last - (out as isize - 1)).max(0) as usize]
-    };
-    let (pad_h, pad_w) = (reach(taps_y, h, oh), reach(taps_x, w, ow));
+    let (pad_h, pad_w) = (gradient_padding(&rows, oh), gradient_padding(&columns, ow));
     let (c_in, c_out) = (g.c_in, g.c_out);
     let k = c_out * taps_y.len() * taps_x.len();
     // A[(o, ty, tx)][c] = weight[o, c, ky, kx], `c_in` floats a step.
@@ -62,35 +61,25 @@ pub(super) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
             })
         })
         .collect();
+    let lanes = isa.lanes();
+    let whole = w / lanes * lanes;
+    // (y, x0): the runs of whole vectors, row by row.
+    let runs: Vec<(usize, usize)> = (0..h)
+        .flat_map(|y| (0..whole).step_by(lanes).map(move |x0| (y, x0)))
+        .collect();
     let image = c_out * oh * ow;
     let fill = |b: usize, dst: &mut [MaybeUninit<f32>]| {
         // This image's output gradient, padded (in the L2 cache: 296 KB for the stem).
         let gp = pad(&output_grad[b * image..][..image], 1, c_out, [oh, ow], pad_h, pad_w);
         // Step (o, ty, tx) of pixel (y, x) reads gp at (y, x) + offsets[k].
-        let offsets: Vec<usize> = (0..c_out)
-            .flat_map(|o| {
-                taps_y.iter().flat_map(move |&(_, ey)| {
-                    taps_x.iter().map(move |&(_, ex)| {
-                        let y = (ey + pad_h[0] as isize) as usize;
-                        let x = (ex + pad_w[0] as isize) as usize;
-                        o * gp.plane + y * gp.row + x
-                    })
-                })
-            })
-            .collect();
-        let lanes = isa.lanes();
-        let whole = w / lanes * lanes;
-        // (y, x0): the runs of whole vectors, row by row.
-        let runs: Vec<(usize, usize)> = (0..h)
-            .flat_map(|y| (0..whole).step_by(lanes).map(move |x0| (y, x0)))
-            .collect();
+        let offsets = tap_offsets(c_out, taps_y, taps_x, [pad_h[0], pad_w[0]], &gp);
         for tile in runs.chunks(SEGMENTS) {
             let run: [(usize, usize); SEGMENTS] =
                 core::array::from_fn(|s| tile[s.min(tile.len() - 1)]);
             let src = run.map(|(y, x0)| y * gp.row + x0);
             let mut out = run.map(|(y, x0)| y * w + x0);
             // A short tile repeats its last run; its sums go to a scratch tile instead.
-            let mut spare = [MaybeUninit::new(0.0f32); MAX_CHANNELS * 16];
+            let mut spare = [MaybeUninit::new(0.0f32); MAX_CHANNELS * MAX_LANES];
             let spare_at = dst.len();
             for s in tile.len()..SEGMENTS {
                 out[s] = spare_at;
@@ -145,7 +134,7 @@ pub(super) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
 /// One tile's block of `kc` steps: for run `s` and channel `c`, the sum of `a[k·channels + c]
 /// · src[src_at[s] + offsets[k] ..][..lanes]` in `k` order from zero, stored to (or, with
 /// `add`, added to) `dst[out[s] + c · plane ..][..lanes]`, where an `out[s]` equal to
-/// `spare_at` means `spare[c · 16 ..]` instead.
+/// `spare_at` means `spare[c · MAX_LANES ..]` instead.
 ///
 /// # Safety
 /// Every read and write above must be in bounds and `isa` a vector ISA of this CPU.
@@ -169,7 +158,7 @@ unsafe fn tile_sums(
     let d: [[*mut f32; MAX_CHANNELS]; SEGMENTS] = core::array::from_fn(|s| {
         core::array::from_fn(|c| {
             if out[s] == spare_at {
-                spare.wrapping_add(c * 16)
+                spare.wrapping_add(c * MAX_LANES)
             } else {
                 dst.wrapping_add(out[s] + c * plane)
             }

@@ -411,6 +411,55 @@ fn phase_taps(
         .collect()
 }
 
+/// The stride phases of one input axis (`ih mod s`): per phase, the taps that reach it
+/// ([`phase_taps`]) and its pixel count.
+fn input_phases(g: &Geometry, axis: usize) -> Vec<(Vec<(usize, isize)>, usize)> {
+    let (s, size) = (g.stride[axis], g.input[axis]);
+    (0..s.min(size))
+        .map(|ph| {
+            let taps = phase_taps(ph, s, g.padding[axis], g.dilation[axis], g.kernel[axis]);
+            (taps, (size - ph).div_ceil(s))
+        })
+        .collect()
+}
+
+/// The `[before, after]` zeros around an output gradient axis of `out` pixels that cover every
+/// read of every phase: pixel `r` of a phase reads `r + e` for each of its taps' `e`.
+fn gradient_padding(phases: &[(Vec<(usize, isize)>, usize)], out: usize) -> [usize; 2] {
+    let mut pad = [0usize; 2];
+    for (taps, n) in phases {
+        for &(_, e) in taps {
+            pad[0] = pad[0].max((-e).max(0) as usize);
+            let last = *n as isize - 1 + e;
+            pad[1] = pad[1].max((last - (out as isize - 1)).max(0) as usize);
+        }
+    }
+    pad
+}
+
+/// Where step `(o, ty, tx)` of an input-gradient product reads, from the padded output
+/// gradient pixel a phase pixel starts at: channel `o`'s plane, moved by the tap's `(e_y, e_x)`
+/// and the padding before.
+fn tap_offsets(
+    c_out: usize,
+    taps_y: &[(usize, isize)],
+    taps_x: &[(usize, isize)],
+    [pad_h, pad_w]: [usize; 2],
+    padded: &Padded,
+) -> Vec<usize> {
+    (0..c_out)
+        .flat_map(|o| {
+            taps_y.iter().flat_map(move |&(_, ey)| {
+                taps_x.iter().map(move |&(_, ex)| {
+                    let y = (ey + pad_h as isize) as usize;
+                    let x = (ex + pad_w as isize) as usize;
+                    o * padded.plane + y * padded.row + x
+                })
+            })
+        })
+        .collect()
+}
+
 /// Input gradient: `output_grad` `[batch, c_out, oh, ow]`, `weight` `[c_out, c_in, kh, kw]`;
 /// returns `[batch, c_in, h, w]`.
 pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
@@ -429,32 +478,10 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
     let [h, w] = g.input;
     let [oh, ow] = g.output;
     let [kh, kw] = g.kernel;
-    // Per axis and phase: the reaching taps and the phase's pixel count.
-    let phases = |axis: usize| -> Vec<(Vec<(usize, isize)>, usize)> {
-        let (s, size) = (g.stride[axis], g.input[axis]);
-        (0..s.min(size))
-            .map(|ph| {
-                let taps = phase_taps(ph, s, g.padding[axis], g.dilation[axis], g.kernel[axis]);
-                (taps, (size - ph).div_ceil(s))
-            })
-            .collect()
-    };
-    let (rows, columns) = (phases(0), phases(1));
-    // One padding of the output gradient that covers every phase's reads.
-    let reach = |axis_phases: &[(Vec<(usize, isize)>, usize)], out: usize| -> [usize; 2] {
-        let mut pad = [0usize; 2];
-        for (taps, n) in axis_phases {
-            for &(_, e) in taps {
-                pad[0] = pad[0].max((-e).max(0) as usize);
-                let last = *n as isize - 1 + e;
-                pad[1] = pad[1].max((last - (out as isize - 1)).max(0) as usize);
-            }
-        }
-        pad
-    };
-    let (pad_h, pad_w) = (reach(&rows, oh), reach(&columns, ow));
+    let (rows, columns) = (input_phases(g, 0), input_phases(g, 1));
+    let (pad_h, pad_w) = (gradient_padding(&rows, oh), gradient_padding(&columns, ow));
     let gp = pad(output_grad, g.batch, g.c_out, g.output, pad_h, pad_w);
-    let (plane, wp) = (gp.plane, gp.row);
+    let wp = gp.row;
     for (ph, (taps_y, n_r)) in rows.iter().enumerate() {
         for (pw, (taps_x, n_q)) in columns.iter().enumerate() {
             let taps = taps_y.len() * taps_x.len();
@@ -493,17 +520,7 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
                 }
             });
             // Step (o, ty, tx) moves to gradient pixel (r + e_y, q + e_x) of channel o.
-            let offsets: Vec<usize> = (0..g.c_out)
-                .flat_map(|o| {
-                    taps_y.iter().flat_map(move |&(_, ey)| {
-                        taps_x.iter().map(move |&(_, ex)| {
-                            let y = (ey + pad_h[0] as isize) as usize;
-                            let x = (ex + pad_w[0] as isize) as usize;
-                            o * plane + y * wp + x
-                        })
-                    })
-                })
-                .collect();
+            let offsets = tap_offsets(g.c_out, taps_y, taps_x, [pad_h[0], pad_w[0]], &gp);
             let cols: Vec<usize> = (0..g.batch)
                 .flat_map(pixels)
                 .map(|(b, r, q)| b * gp.sample + r * wp + q)
@@ -579,18 +596,8 @@ pub(crate) fn weight_grad(isa: Isa, x: &[f32], output_grad: &[f32], g: &Geometry
         g.forward_padding(1),
     );
     let (plane, wp) = (xp.plane, xp.row);
-    // A[(b, oh, ow)][o] = output_grad[b, o, oh, ow]: each sample's [c_out, spatial] transposed.
-    let a = PackedA::build(
-        isa,
-        g.c_out,
-        g.batch * spatial,
-        spatial,
-        |m0, width, k0, block| {
-            let (b, real) = (k0 / spatial.max(1), width.min(g.c_out - m0));
-            let src = &output_grad[(b * g.c_out + m0) * spatial..];
-            transpose_strided(isa, src, real, spatial, spatial, block, width);
-        },
-    );
+    // A[(b, oh, ow)][o] = output_grad[b, o, oh, ow].
+    let a = channels_last(isa, output_grad, g.batch, g.c_out, spatial);
     let [sh, sw] = g.stride;
     let offsets: Vec<usize> = (0..g.batch)
         .flat_map(|b| (0..oh).flat_map(move |y| (0..ow).map(move |x| (b, y, x))))
@@ -638,18 +645,8 @@ fn pointwise_weight_grad_by_output_channel(
 ) -> Vec<f32> {
     let spatial = g.output[0] * g.output[1];
     let mut dw = Output::new(g.weight_len());
-    // A[(b, p)][c] = x[b, c, p]: each sample's [c_in, spatial] transposed.
-    let a = PackedA::build(
-        isa,
-        g.c_in,
-        g.batch * spatial,
-        spatial,
-        |m0, width, k0, block| {
-            let (b, real) = (k0 / spatial.max(1), width.min(g.c_in - m0));
-            let src = &x[(b * g.c_in + m0) * spatial..];
-            transpose_strided(isa, src, real, spatial, spatial, block, width);
-        },
-    );
+    // A[(b, p)][c] = x[b, c, p].
+    let a = channels_last(isa, x, g.batch, g.c_in, spatial);
     let offsets: Vec<usize> = (0..g.batch)
         .flat_map(|b| (0..spatial).map(move |p| b * g.c_out * spatial + p))
         .collect();
@@ -672,4 +669,14 @@ fn pointwise_weight_grad_by_output_channel(
     );
     // SAFETY: the scatter reached (o, c) for every column o and row c.
     unsafe { dw.assume_written() }
+}
+
+/// `[batch, channels, spatial]` data as `A[(b, p)][c]`, packed: each sample's `[channels,
+/// spatial]` transposed, a sample per chunk of the panels.
+fn channels_last(isa: Isa, data: &[f32], batch: usize, channels: usize, spatial: usize) -> PackedA {
+    PackedA::build(isa, channels, batch * spatial, spatial, |m0, width, k0, block| {
+        let (b, real) = (k0 / spatial.max(1), width.min(channels - m0));
+        let src = &data[(b * channels + m0) * spatial..];
+        transpose_strided(isa, src, real, spatial, spatial, block, width);
+    })
 }

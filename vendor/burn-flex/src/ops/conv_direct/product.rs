@@ -236,8 +236,8 @@ pub(crate) fn compute(isa: Isa, p: &Product, out: &Scatter, dst: &mut Output) {
 
 /// Writes a group's sums `[column][lds]` (rows `m_range`) to `dst[dst_cols[j] + m ·
 /// m_stride]`. With `m_stride` 1 (a weight gradient by output channel) the sums are laid out
-/// as `dst` is: one copy per column. Otherwise, columns whose destinations are evenly spaced (output pixels of one row, or of
-/// one stride phase) are transposed by vector blocks into a staging buffer of `lanes` rows,
+/// as `dst` is: one copy per column. Otherwise, columns whose destinations are evenly spaced
+/// (output pixels of one row, or of one stride phase) are transposed by vector blocks into a staging buffer of `lanes` rows,
 /// which go out one row of `dst` at a time, not `lanes` rows a cache line each (rows 4 KiB
 /// apart in a 32×32 plane fall into one set of the L1 cache). The rest, and the rows past
 /// whole vectors, channel by channel.
