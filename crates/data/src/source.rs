@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use lossbench_rng::{Purpose, Stream};
@@ -284,8 +284,19 @@ fn cifar_class_names(dir: &Path, kind: Kind, classes: usize) -> Vec<String> {
     (0..classes).map(|i| format!("{i:0width$}")).collect()
 }
 
-/// Write the synthetic set unless the folder already holds exactly this one.
+/// Write the synthetic set unless the folder already holds exactly this one. One process at a
+/// time checks and writes (a lock file beside the set): the array tasks of a cluster export
+/// start together on the same folder, and without it one task's generation renamed away the
+/// file another was writing (`train.bin: No such file or directory`) or removed the manifest
+/// under a task already loading the set.
 fn generate_if_missing(dir: &Path, wanted: SynthConfig, log: &dyn Fn(&str)) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    let lock_path = dir.join(".lossbench-synthetic.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let present = SynthManifest::read(dir)?;
     let same = |m: &SynthManifest| {
         (m.classes, m.train_per_class, m.test_per_class, m.seed)
@@ -654,6 +665,43 @@ mod tests {
             sha256_hex(&[b"a", b"bc"]),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// A cluster's array tasks generating one set at once: one generates it, the others find
+    /// it, every one succeeds, and the set is the one a single writer leaves.
+    #[test]
+    fn concurrent_generations_of_one_set_write_it_once() {
+        let config = SynthConfig {
+            classes: 3,
+            train_per_class: 40,
+            test_per_class: 20,
+            seed: 5,
+        };
+        let (shared, alone) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let generated = std::sync::atomic::AtomicUsize::new(0);
+        let count = |_: &str| {
+            generated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| generate_if_missing(shared.path(), config, &count)))
+                .collect();
+            for w in writers {
+                w.join().expect("thread").expect("generation");
+            }
+        });
+        assert_eq!(generated.into_inner(), 1, "writers that generated the set");
+        generate_if_missing(alone.path(), config, &|_| {}).expect("generation");
+        for file in ["train.bin", "test.bin", synth::MANIFEST] {
+            assert_eq!(
+                std::fs::read(shared.path().join(file)).expect("shared"),
+                std::fs::read(alone.path().join(file)).expect("alone"),
+                "{file}"
+            );
+        }
     }
 
     #[test]
