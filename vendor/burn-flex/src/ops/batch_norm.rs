@@ -15,7 +15,7 @@
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 
-use super::conv_direct::overwritten;
+use super::conv_direct::{Isa, overwritten};
 
 /// Independent partial sums per channel: enough to keep the adds of one channel off a single
 /// dependency chain.
@@ -31,6 +31,14 @@ fn channel_sum<'a>(
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn with_avx512<'a>(
+            batch: usize,
+            planes: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+            f: impl Fn(f32, f32) -> f64,
+        ) -> f64 {
+            sum_in_order(batch, planes, f)
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn with_avx2<'a>(
             batch: usize,
@@ -39,9 +47,12 @@ fn channel_sum<'a>(
         ) -> f64 {
             sum_in_order(batch, planes, f)
         }
-        if has_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked).
-            return unsafe { with_avx2(batch, planes, f) };
+        match Isa::detect() {
+            // SAFETY: the CPU has the instruction set (detected).
+            Isa::Avx512 => return unsafe { with_avx512(batch, planes, f) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { with_avx2(batch, planes, f) },
+            Isa::Scalar => {}
         }
     }
     sum_in_order(batch, planes, f)
@@ -50,7 +61,7 @@ fn channel_sum<'a>(
 /// [`channel_sum`]'s loop, inlined into the caller so that it takes on its instruction set:
 /// each vector lane is one partial, so the width changes no sum (four f64 lanes with AVX2
 /// instead of SSE2's two took the batch norm sums from 6.4 % to 3.6 % of a ResNet-18 step
-/// on the Xeon of BENCHMARKS.md, in perf profiles).
+/// on the Xeon of BENCHMARKS.md, in perf profiles; AVX-512 holds all eight).
 #[inline(always)]
 fn sum_in_order<'a>(
     batch: usize,
@@ -77,33 +88,56 @@ fn sum_in_order<'a>(
     ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))
 }
 
-/// Whether this CPU has AVX2 and FMA (detected once).
-#[cfg(target_arch = "x86_64")]
-fn has_fma() -> bool {
-    static HAS_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS_FMA.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    })
-}
-
-/// Runs `f` compiled for AVX2 + FMA where the CPU has them: `mul_add` is then one vector
-/// instruction instead of a call to the C library's `fmaf`. The results are the same (a fused
-/// multiply-add is exactly rounded either way).
-#[inline(always)]
-fn fused(f: impl FnOnce()) {
+/// `y = (x − mean) · scale + shift` over one plane (the element-wise pass of the forward
+/// passes).
+fn normalize(y: &mut [MaybeUninit<f32>], x: &[f32], [mean, scale, shift]: [f32; 3]) {
+    #[inline(always)]
+    fn plane(y: &mut [MaybeUninit<f32>], x: &[f32], [mean, scale, shift]: [f32; 3]) {
+        for (y, &v) in y.iter_mut().zip(x) {
+            y.write((v - mean).mul_add(scale, shift));
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn with_fma(f: impl FnOnce()) {
-            f();
+        unsafe fn with_fma(y: &mut [MaybeUninit<f32>], x: &[f32], c: [f32; 3]) {
+            plane(y, x, c)
         }
-        if has_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked).
-            unsafe { with_fma(f) };
-            return;
+        if Isa::detect() != Isa::Scalar {
+            // SAFETY: the CPU has AVX2 and FMA (detected).
+            return unsafe { with_fma(y, x, [mean, scale, shift]) };
         }
     }
-    f();
+    plane(y, x, [mean, scale, shift])
+}
+
+/// `dx = scale · ((dy − mean_grad) − (x − mean) · slope)` over one plane (the element-wise
+/// pass of the backward pass).
+fn input_grad(
+    dx: &mut [MaybeUninit<f32>],
+    dy: &[f32],
+    x: &[f32],
+    [scale, mean_grad, slope, mean]: [f32; 4],
+) {
+    #[inline(always)]
+    fn plane(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], c: [f32; 4]) {
+        let [scale, mean_grad, slope, mean] = c;
+        for ((out, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+            out.write(scale * (-(v - mean)).mul_add(slope, g - mean_grad));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn with_fma(dx: &mut [MaybeUninit<f32>], dy: &[f32], x: &[f32], c: [f32; 4]) {
+            plane(dx, dy, x, c)
+        }
+        if Isa::detect() != Isa::Scalar {
+            // SAFETY: the CPU has AVX2 and FMA (detected).
+            return unsafe { with_fma(dx, dy, x, [scale, mean_grad, slope, mean]) };
+        }
+    }
+    plane(dx, dy, x, [scale, mean_grad, slope, mean])
 }
 
 /// `[batch, channels, spatial]` data as planes.
@@ -179,24 +213,19 @@ pub(crate) fn train_forward(
     });
     // y = (x − mean) · scale + β, scale = γ / √(var + ε): centred first, so a mean much
     // larger than the spread costs no digits.
-    let affine: Vec<(f32, f32, f32)> = stats
+    let affine: Vec<[f32; 3]> = stats
         .iter()
         .zip(gamma.iter().zip(beta))
         .map(|(&(mean, variance), (&g, &b))| {
-            (
+            [
                 mean as f32,
                 (f64::from(g) / (variance + epsilon).sqrt()) as f32,
                 b,
-            )
+            ]
         })
         .collect();
     let out = per_plane(x.len(), spatial, channels, |b, c, dst| {
-        let (mean, scale, shift) = affine[c];
-        fused(|| {
-            for (y, &v) in dst.iter_mut().zip(planes.plane(b, c)) {
-                y.write((v - mean).mul_add(scale, shift));
-            }
-        });
+        normalize(dst, planes.plane(b, c), affine[c]);
     });
     let mean = stats.iter().map(|s| s.0 as f32).collect();
     let variance = stats.iter().map(|s| s.1 as f32).collect();
@@ -250,24 +279,20 @@ pub(crate) fn train_backward(
     // dx = γ·s · ((dy − dβ/n) − (x − mean) · s·dγ/n): the terms that cancel (for a channel
     // of nearly equal values) are subtracted at their own scale, then multiplied by γ·s,
     // which can be large (s = 1/√(var + ε)).
-    let coefficients: Vec<(f32, f32, f32)> = (0..channels)
+    let coefficients: Vec<[f32; 4]> = (0..channels)
         .map(|c| {
             let (g, s) = (f64::from(gamma[c]), inv_std[c]);
             let (beta_grad, gamma_grad) = sums[c];
-            (
+            [
                 (g * s) as f32,
                 (beta_grad / n) as f32,
                 (s * gamma_grad / n) as f32,
-            )
+                mean[c],
+            ]
         })
         .collect();
     let x_grad = per_plane(x.len(), spatial, channels, |b, c, dst| {
-        let ((scale, mean_grad, slope), m) = (coefficients[c], mean[c]);
-        fused(|| {
-            for ((out, &g), &v) in dst.iter_mut().zip(gs.plane(b, c)).zip(xs.plane(b, c)) {
-                out.write(scale * (-(v - m)).mul_add(slope, g - mean_grad));
-            }
-        });
+        input_grad(dst, gs.plane(b, c), xs.plane(b, c), coefficients[c]);
     });
     let gamma_grad = sums.iter().map(|s| s.1 as f32).collect();
     let beta_grad = sums.iter().map(|s| s.0 as f32).collect();
@@ -295,11 +320,6 @@ pub(crate) fn inference(
         .map(|(&g, &v)| (f64::from(g) / (f64::from(v) + epsilon).sqrt()) as f32)
         .collect();
     per_plane(x.len(), spatial, channels, |b, c, dst| {
-        let (m, s, shift) = (mean[c], scale[c], beta[c]);
-        fused(|| {
-            for (y, &v) in dst.iter_mut().zip(planes.plane(b, c)) {
-                y.write((v - m).mul_add(s, shift));
-            }
-        });
+        normalize(dst, planes.plane(b, c), [mean[c], scale[c], beta[c]]);
     })
 }
