@@ -131,6 +131,10 @@ impl Output {
         Output(data)
     }
 
+    fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.0.as_mut_ptr().cast::<f32>()
+    }
+
     /// Sets `indices` to zero: the elements no product writes.
     pub fn zero(&mut self, indices: impl Iterator<Item = usize>) {
         for i in indices {
@@ -353,13 +357,16 @@ fn group_sums(
 ) -> Vec<f32> {
     let k = p.offsets.len();
     let (first_row, lda) = (rows_range.start, rows_range.len());
-    let mut sums = vec![0.0f32; cols.len().div_ceil(NR) * NR * lda];
     if k == 0 {
-        return sums;
+        return vec![0.0f32; cols.len().div_ceil(NR) * NR * lda];
     }
+    // Neither buffer is zeroed (that was as much memory traffic as a 64-channel forward pass's
+    // output): every sum is stored by the first block before it is read, every parked sum is
+    // parked before it is resumed.
+    let mut sums = Output::new(cols.len().div_ceil(NR) * NR * lda);
     let panel = isa.panel();
     // The sums of the current panel between passes, per tile.
-    let mut parked = vec![0.0f32; cols.len().div_ceil(NR) * NR * panel];
+    let mut parked = Output::new(cols.len().div_ceil(NR) * NR * panel);
     // A short last tile repeats its last column; those sums are not read.
     let tiles: Vec<[usize; NR]> = cols
         .chunks(NR)
@@ -408,5 +415,6 @@ fn group_sums(
             }
         }
     }
-    sums
+    // SAFETY: the first block (k > 0) stored every tile's NR columns of every panel.
+    unsafe { sums.assume_written() }
 }
