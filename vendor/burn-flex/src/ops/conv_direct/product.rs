@@ -120,7 +120,8 @@ pub(crate) struct Scatter<'a> {
 /// A convolution's result: written once, element by element, by the products' scatters (each
 /// pass builds scatters that reach every element; see `forward`, `input_grad`,
 /// `weight_grad`), so it is never zeroed first — for a 1×1 convolution with 64 input
-/// channels, zeroing the output was as much memory traffic as computing it.
+/// channels, zeroing the output was as much memory traffic as computing it. A group's sums
+/// are held in one too (`group_sums`).
 pub(crate) struct Output(Vec<core::mem::MaybeUninit<f32>>);
 
 impl Output {
@@ -207,7 +208,7 @@ pub(crate) fn compute(isa: Isa, p: &Product, out: &Scatter, dst: &mut Output) {
         .find(|s| panels % s == 0 && groups * s >= 4 * threads)
         .unwrap_or(panels);
     let panels_per_item = panels / split;
-    let shared = SharedDst(dst.0.as_mut_ptr().cast::<f32>());
+    let shared = SharedDst(dst.as_mut_ptr());
     let run = |item: usize| {
         let (g, part) = (item / split, item % split);
         let first = g * group * NR;
@@ -241,10 +242,10 @@ pub(crate) fn compute(isa: Isa, p: &Product, out: &Scatter, dst: &mut Output) {
 /// Writes a group's sums `[column][lds]` (rows `m_range`) to `dst[dst_cols[j] + m ·
 /// m_stride]`. With `m_stride` 1 (a weight gradient by output channel) the sums are laid out
 /// as `dst` is: one copy per column. Otherwise, columns whose destinations are evenly spaced
-/// (output pixels of one row, or of one stride phase) are transposed by vector blocks into a staging buffer of `lanes` rows,
-/// which go out one row of `dst` at a time, not `lanes` rows a cache line each (rows 4 KiB
-/// apart in a 32×32 plane fall into one set of the L1 cache). The rest, and the rows past
-/// whole vectors, channel by channel.
+/// (output pixels of one row, or of one stride phase) are transposed by vector blocks into a
+/// staging buffer of `lanes` rows, which go out one row of `dst` at a time, not `lanes` rows a
+/// cache line each (rows 4 KiB apart in a 32×32 plane fall into one set of the L1 cache). The
+/// rest, and the rows past whole vectors, channel by channel.
 ///
 /// # Safety
 /// Every destination index must be in bounds and written by no other thread.
@@ -357,16 +358,18 @@ fn group_sums(
 ) -> Vec<f32> {
     let k = p.offsets.len();
     let (first_row, lda) = (rows_range.start, rows_range.len());
+    // Columns, rounded up to whole tiles.
+    let padded_cols = cols.len().div_ceil(NR) * NR;
     if k == 0 {
-        return vec![0.0f32; cols.len().div_ceil(NR) * NR * lda];
+        return vec![0.0f32; padded_cols * lda];
     }
     // Neither buffer is zeroed (that was as much memory traffic as a 64-channel forward pass's
     // output): every sum is stored by the first block before it is read, every parked sum is
     // parked before it is resumed.
-    let mut sums = Output::new(cols.len().div_ceil(NR) * NR * lda);
+    let mut sums = Output::new(padded_cols * lda);
     let panel = isa.panel();
     // The sums of the current panel between passes, per tile.
-    let mut parked = Output::new(cols.len().div_ceil(NR) * NR * panel);
+    let mut parked = Output::new(padded_cols * panel);
     // A short last tile repeats its last column; those sums are not read.
     let tiles: Vec<[usize; NR]> = cols
         .chunks(NR)
