@@ -323,7 +323,7 @@ fn subsampled_geometry(g: &Geometry) -> Option<Geometry> {
 /// The input gradient of a strided 1×1 convolution from the input gradient of its stride-1
 /// form on the output's grid (`compact`, `[batch, c_in, oh, ow]`): pixel `(y·sh, x·sw)` takes
 /// `compact[.., y, x]`, every other pixel is reached by no tap and is zero. The product is the
-/// one phase `(0, 0)` of the strided pass sums, in the same order (so the same bits), but it
+/// strided pass's one reached phase `(0, 0)`, summed in the same order (so the same bits), but it
 /// writes whole rows and takes the pointwise gemm path; the strided pass wrote every other
 /// float and zeroed three quarters of the gradient one element at a time (64 → 128 on 32×32,
 /// stride 2: 1.72× PyTorch's time on an AMD EPYC).
