@@ -377,6 +377,10 @@ fn odd_convolutions() -> Vec<Conv> {
         // …and whole 512-pixel planes, the weight gradient's gemm per image; one input
         // channel: the input gradient by pixel vectors
         conv(2, 1, 9, [32, 16], [5, 5], [1, 1], [1, 1], [2, 2]),
+        // a stride past the kernel's reach, with padding: input rows of phase 1 and columns of
+        // phase 1 are reached by no tap (zeros in the input gradient, between the phases'
+        // interleaved planes)
+        conv(2, 6, 12, [10, 11], [2, 1], [3, 2], [1, 1], [1, 0]),
         // few input channels, stride 1: the input gradient by pixel vectors, rows that end
         // in a partial vector, dilation, two 512-blocks
         conv(2, 3, 70, [9, 37], [3, 3], [1, 1], [1, 2], [1, 2]),

@@ -19,7 +19,8 @@
 //! A strided convolution's input gradient is split by phase (`ih mod s`, `iw mod s`): the
 //! pixels of one phase are reached by a fixed subset of the kernel taps, each from the
 //! output gradient pixel `(r + e_ky, q + e_kx)`, so each phase is a stride-1 product over
-//! only the taps that contribute (no multiplications by inserted zeros).
+//! only the taps that contribute (no multiplications by inserted zeros). Each phase's product
+//! writes compact planes of its own, which are interleaved into the gradient at the end.
 //!
 //! The forward pass reduces over `(c, ky, kx)` in the order and blocks of the im2col + gemm
 //! path it replaces, so its results are those bits; the gradients' orders are new, and fixed
@@ -324,17 +325,40 @@ fn subsampled_geometry(g: &Geometry) -> Option<Geometry> {
 /// form on the output's grid (`compact`, `[batch, c_in, oh, ow]`): pixel `(y·sh, x·sw)` takes
 /// `compact[.., y, x]`, every other pixel is reached by no tap and is zero. The product is the
 /// strided pass's one reached phase `(0, 0)`, summed in the same order (so the same bits), but it
-/// writes whole rows and takes the pointwise gemm path; the strided pass wrote every other
-/// float and zeroed three quarters of the gradient one element at a time (64 → 128 on 32×32,
-/// stride 2: 1.72× PyTorch's time on an AMD EPYC).
-fn upsampled(compact: &[f32], g: &Geometry) -> Vec<f32> {
-    let ([h, w], [oh, ow], [sh, sw]) = (g.input, g.output, g.stride);
+/// takes the pointwise gemm path (64 → 128 on 32×32, stride 2: 1.72× PyTorch's time on an AMD
+/// EPYC before).
+fn upsampled(compact: Vec<f32>, g: &Geometry) -> Vec<f32> {
+    let phase = PhaseGrad {
+        first: [0, 0],
+        size: g.output,
+        grad: Some(compact),
+    };
+    interleaved(&[phase], g)
+}
+
+/// The input gradient of one stride phase (`ih ≡ first[0]`, `iw ≡ first[1]` mod the stride),
+/// compact: `[batch, c_in, size[0], size[1]]`; `None` where no tap reaches the phase.
+struct PhaseGrad {
+    first: [usize; 2],
+    size: [usize; 2],
+    grad: Option<Vec<f32>>,
+}
+
+/// `[batch, c_in, h, w]` from its stride phases' compact gradients: phase pixel `(r, q)` goes
+/// to `(first[0] + sh·r, first[1] + sw·q)`, a plane at a time while it is in the cache; pixels
+/// of no phase, or of a phase no tap reaches, are zero.
+fn interleaved(phases: &[PhaseGrad], g: &Geometry) -> Vec<f32> {
+    let ([h, w], [sh, sw]) = (g.input, g.stride);
     built(g.input_len(), h * w, |plane, dst| {
-        let src = &compact[plane * oh * ow..][..oh * ow];
-        for (y, row) in src.chunks_exact(ow).enumerate() {
-            let dst_row = &mut dst[y * sh * w..];
-            for (x, &v) in row.iter().enumerate() {
-                dst_row[x * sw] = v;
+        for phase in phases {
+            let Some(grad) = &phase.grad else { continue };
+            let ([ph, pw], [n_r, n_q]) = (phase.first, phase.size);
+            let src = &grad[plane * n_r * n_q..][..n_r * n_q];
+            for (r, row) in src.chunks_exact(n_q.max(1)).enumerate() {
+                let dst_row = &mut dst[(ph + sh * r) * w + pw..];
+                for (q, &v) in row.iter().enumerate() {
+                    dst_row[q * sw] = v;
+                }
             }
         }
     })
@@ -485,7 +509,7 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
         "conv_direct::input_grad: {g:?}"
     );
     if let Some(compact) = subsampled_geometry(g) {
-        return upsampled(&input_grad(isa, output_grad, weight, &compact), g);
+        return upsampled(input_grad(isa, output_grad, weight, &compact), g);
     }
     if g.is_pointwise() {
         let (images, plane) = (Images::Planes(output_grad), g.input[0] * g.input[1]);
@@ -494,77 +518,113 @@ pub(crate) fn input_grad(isa: Isa, output_grad: &[f32], weight: &[f32], g: &Geom
     if few_channels::takes(isa, g) {
         return few_channels::input_grad(isa, output_grad, weight, g);
     }
-    let mut dx = Output::new(g.input_len());
-    let [h, w] = g.input;
     let [oh, ow] = g.output;
-    let [kh, kw] = g.kernel;
     let (rows, columns) = (input_phases(g, 0), input_phases(g, 1));
     let (pad_h, pad_w) = (gradient_padding(&rows, oh), gradient_padding(&columns, ow));
     let gp = pad(output_grad, g.batch, g.c_out, g.output, pad_h, pad_w);
-    let wp = gp.row;
+    // Each phase's product goes to compact planes of its own, with whole rows of contiguous
+    // destinations (written straight into the gradient's planes, a strided phase's sums went
+    // out one float at a time, `stride` apart: 64 → 128 on 32×32, stride 2, was 1.96×
+    // PyTorch's time on an AMD EPYC); the phases are interleaved into the planes at the end.
+    // With stride 1 the one phase is the gradient itself.
+    let mut phases = Vec::new();
     for (ph, (taps_y, n_r)) in rows.iter().enumerate() {
         for (pw, (taps_x, n_q)) in columns.iter().enumerate() {
-            let taps = taps_y.len() * taps_x.len();
-            let k = g.c_out * taps;
-            let pixels = |b: usize| (0..*n_r).flat_map(move |r| (0..*n_q).map(move |q| (b, r, q)));
-            let [sh, sw] = g.stride;
-            let dst_cols: Vec<usize> = (0..g.batch)
-                .flat_map(pixels)
-                .map(|(b, r, q)| b * g.c_in * h * w + (ph + sh * r) * w + pw + sw * q)
-                .collect();
-            if k == 0 {
-                // No tap reaches these pixels: their gradient is zero.
-                let plane = h * w;
-                dx.zero((0..g.c_in).flat_map(|c| dst_cols.iter().map(move |&p| p + c * plane)));
-                continue;
-            }
-            // A[(o, ty, tx)][c] = weight[o, c, ky, kx]: `taps` rows per o, chunks of whole o's
-            // (a few thousand floats, so that there are not thousands of tiny tasks).
-            let per_chunk = 4096usize.div_ceil(taps * isa.panel()).max(1);
-            // Step t of a channel o reads kernel element `kernel_taps[t]`.
-            let kernel_taps: Vec<usize> = taps_y
-                .iter()
-                .flat_map(|&(ky, _)| taps_x.iter().map(move |&(kx, _)| ky * kw + kx))
-                .collect();
-            let a = PackedA::build(isa, g.c_in, k, taps * per_chunk, |m0, width, k0, chunk| {
-                let real = width.min(g.c_in - m0);
-                for (i, block) in chunk.chunks_mut(taps * width).enumerate() {
-                    let o = k0 / taps + i;
-                    let kernels = &weight[(o * g.c_in + m0) * kh * kw..][..real * kh * kw];
-                    // One row of A per tap, written in order (the kernels read a tap apart).
-                    for (row, &at) in block.chunks_mut(width).zip(&kernel_taps) {
-                        for (dst, kernel) in row.iter_mut().zip(kernels.chunks_exact(kh * kw)) {
-                            *dst = MaybeUninit::new(kernel[at]);
-                        }
-                    }
-                }
-            });
-            // Step (o, ty, tx) moves to gradient pixel (r + e_y, q + e_x) of channel o.
-            let offsets = tap_offsets(g.c_out, taps_y, taps_x, [pad_h[0], pad_w[0]], &gp);
-            let cols: Vec<usize> = (0..g.batch)
-                .flat_map(pixels)
-                .map(|(b, r, q)| b * gp.sample + r * wp + q)
-                .collect();
-            let product = Product {
-                a: &a,
-                src: &gp.data,
-                cols: &cols,
-                offsets: &offsets,
-            };
-            product::compute(
+            let grad = phase_input_grad(
                 isa,
-                &product,
-                &Scatter {
-                    cols: &dst_cols,
-                    m_stride: h * w,
-                },
-                &mut dx,
+                weight,
+                g,
+                &gp,
+                [pad_h[0], pad_w[0]],
+                taps_y,
+                taps_x,
+                [*n_r, *n_q],
             );
+            phases.push(PhaseGrad {
+                first: [ph, pw],
+                size: [*n_r, *n_q],
+                grad,
+            });
         }
     }
-    // SAFETY: the phases partition the input pixels; each phase's pixels were written for
-    // every channel, by its product or as zeros.
-    unsafe { dx.assume_written() }
+    match phases.as_mut_slice() {
+        [only] if only.size == g.input => {
+            only.grad.take().unwrap_or_else(|| vec![0.0; g.input_len()])
+        }
+        _ => interleaved(&phases, g),
+    }
+}
+
+/// The input gradient of one stride phase of `size` pixels, compact (`[batch, c_in, size]`),
+/// from the padded output gradient `gp` (`before`: its zeros before each axis): the product
+/// over the taps that reach the phase, `None` where none does.
+#[allow(clippy::too_many_arguments)]
+fn phase_input_grad(
+    isa: Isa,
+    weight: &[f32],
+    g: &Geometry,
+    gp: &Padded,
+    before: [usize; 2],
+    taps_y: &[(usize, isize)],
+    taps_x: &[(usize, isize)],
+    [n_r, n_q]: [usize; 2],
+) -> Option<Vec<f32>> {
+    let [kh, kw] = g.kernel;
+    let taps = taps_y.len() * taps_x.len();
+    let k = g.c_out * taps;
+    if k == 0 {
+        return None;
+    }
+    // A[(o, ty, tx)][c] = weight[o, c, ky, kx]: `taps` rows per o, chunks of whole o's
+    // (a few thousand floats, so that there are not thousands of tiny tasks).
+    let per_chunk = 4096usize.div_ceil(taps * isa.panel()).max(1);
+    // Step t of a channel o reads kernel element `kernel_taps[t]`.
+    let kernel_taps: Vec<usize> = taps_y
+        .iter()
+        .flat_map(|&(ky, _)| taps_x.iter().map(move |&(kx, _)| ky * kw + kx))
+        .collect();
+    let a = PackedA::build(isa, g.c_in, k, taps * per_chunk, |m0, width, k0, chunk| {
+        let real = width.min(g.c_in - m0);
+        for (i, block) in chunk.chunks_mut(taps * width).enumerate() {
+            let o = k0 / taps + i;
+            let kernels = &weight[(o * g.c_in + m0) * kh * kw..][..real * kh * kw];
+            // One row of A per tap, written in order (the kernels read a tap apart).
+            for (row, &at) in block.chunks_mut(width).zip(&kernel_taps) {
+                for (dst, kernel) in row.iter_mut().zip(kernels.chunks_exact(kh * kw)) {
+                    *dst = MaybeUninit::new(kernel[at]);
+                }
+            }
+        }
+    });
+    // Step (o, ty, tx) moves to gradient pixel (r + e_y, q + e_x) of channel o.
+    let offsets = tap_offsets(g.c_out, taps_y, taps_x, before, gp);
+    let pixels = |b: usize| (0..n_r).flat_map(move |r| (0..n_q).map(move |q| (b, r, q)));
+    let cols: Vec<usize> = (0..g.batch)
+        .flat_map(pixels)
+        .map(|(b, r, q)| b * gp.sample + r * gp.row + q)
+        .collect();
+    let plane = n_r * n_q;
+    let dst_cols: Vec<usize> = (0..g.batch)
+        .flat_map(|b| (0..plane).map(move |p| b * g.c_in * plane + p))
+        .collect();
+    let mut grad = Output::new(g.batch * g.c_in * plane);
+    let product = Product {
+        a: &a,
+        src: &gp.data,
+        cols: &cols,
+        offsets: &offsets,
+    };
+    product::compute(
+        isa,
+        &product,
+        &Scatter {
+            cols: &dst_cols,
+            m_stride: plane,
+        },
+        &mut grad,
+    );
+    // SAFETY: the scatter reached (b, c, r, q) for every pixel of the phase and channel.
+    Some(unsafe { grad.assume_written() })
 }
 
 /// Weight gradient: `x` `[batch, c_in, h, w]`, `output_grad` `[batch, c_out, oh, ow]`;

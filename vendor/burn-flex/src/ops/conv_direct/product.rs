@@ -136,17 +136,10 @@ impl Output {
         self.0.as_mut_ptr().cast::<f32>()
     }
 
-    /// Sets `indices` to zero: the elements no product writes.
-    pub fn zero(&mut self, indices: impl Iterator<Item = usize>) {
-        for i in indices {
-            self.0[i] = core::mem::MaybeUninit::new(0.0);
-        }
-    }
-
     /// The result.
     ///
     /// # Safety
-    /// Every element must have been written (by `compute` or `zero`).
+    /// Every element must have been written (by `compute`).
     pub unsafe fn assume_written(self) -> Vec<f32> {
         let mut data = core::mem::ManuallyDrop::new(self.0);
         let (ptr, len, capacity) = (data.as_mut_ptr(), data.len(), data.capacity());
